@@ -1,0 +1,29 @@
+"""Compiled graph kernels of unsam (``torch.ops.unsam``) with Python wrappers.
+
+- :func:`affinity` — bit-packed thresholded cosine graph of MaskCut.
+- :func:`lanczos_fiedler` / :func:`ncut_fiedler` — Normalized Cut eigenvector.
+- :func:`merge_levels` — exact greedy region merging at a ladder of thresholds.
+
+Each has a slow reference beside it (``*_reference``) used as the test oracle.
+"""
+
+from unsam.kernels._ext import cuda_available, has_cuda
+from unsam.kernels.affinity import affinity, affinity_reference, dense_affinity, unpack_bits
+from unsam.kernels.merge import DEFAULT_THRESHOLDS, merge_levels, merge_levels_reference
+from unsam.kernels.ncut import fiedler_reference, fix_sign, lanczos_fiedler, ncut_fiedler
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "affinity",
+    "affinity_reference",
+    "cuda_available",
+    "dense_affinity",
+    "fiedler_reference",
+    "fix_sign",
+    "has_cuda",
+    "lanczos_fiedler",
+    "merge_levels",
+    "merge_levels_reference",
+    "ncut_fiedler",
+    "unpack_bits",
+]
