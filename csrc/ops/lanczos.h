@@ -62,6 +62,12 @@ inline double lanczos_start_value(int64_t i) {
   return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0) - 0.5;
 }
 
+// A warm start x0 is mixed with this much of the (unit) hash vector: a start
+// that is exactly an eigenvector of the new graph (e.g. the previous cut's
+// vector on the covered patches) would otherwise end Lanczos at once on that
+// eigenpair, which need not be the top one.
+constexpr double kLanczosWarmMix = 1e-2;
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lanczos_fiedler_cpu(
     const at::Tensor& bits, const at::Tensor& deg, const std::optional<at::Tensor>& x0,
     double eps, double tol, int64_t max_iter);

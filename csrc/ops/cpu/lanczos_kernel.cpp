@@ -144,7 +144,17 @@ FiedlerResult fiedler_one(const LanczosGraph& g, const double* deg, const double
     return true;
   };
   double* v0 = basis.data();
-  if (!(x0 != nullptr && orthonormal_start(v0, true))) orthonormal_start(v0, false);
+  orthonormal_start(v0, false);
+  if (x0 != nullptr) {
+    std::vector<double> warm(n);
+    if (orthonormal_start(warm.data(), true)) {
+      // Warm start plus a little of the hash vector (see kLanczosWarmMix).
+      for (int64_t i = 0; i < n; ++i) warm[i] += kLanczosWarmMix * v0[i];
+      for (int pass = 0; pass < 2; ++pass) axpy(-dot(u.data(), warm.data(), n), u.data(), warm.data(), n);
+      const double nw = std::sqrt(dot(warm.data(), warm.data(), n));
+      for (int64_t i = 0; i < n; ++i) v0[i] = warm[i] / nw;
+    }
+  }
 
   std::vector<double> alpha, beta;
   std::vector<double> s;
