@@ -1,0 +1,171 @@
+"""Conquer: bottom-up merging inside each divide region (ALGORITHM.md §3).
+
+All regions of an image (or of several images) are cropped and resized in one
+``grid_sample`` call, their features come from one batched backbone call, and
+``merge_levels`` runs on all of them at once. Each distinct cluster is emitted
+once, with the range of levels at which it exists, then brought back to
+pixels (bilinear upsample of its grid mask, threshold 0.5) and kept when more
+than ``inside_frac`` of it lies inside its divide region.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unsam.kernels import DEFAULT_THRESHOLDS, merge_levels
+
+
+@dataclass
+class ConquerConfig:
+    """Settings of the conquer stage (published values)."""
+
+    size: int = 256  #: crops are resized to size x size (32 x 32 patches at patch 8)
+    thresholds: tuple[float, ...] = field(default_factory=lambda: tuple(DEFAULT_THRESHOLDS))
+    min_size: int = 4  #: clusters smaller than this many patches are not emitted
+    inside_frac: float = 0.9  #: keep a mask when more than this fraction is inside its region
+    batch_size: int = 32  #: crops per backbone call
+
+
+@dataclass
+class Cluster:
+    """A distinct cluster of one region's merge hierarchy."""
+
+    region: int  #: index of the divide region
+    first_level: int  #: finest level at which it exists
+    last_level: int  #: coarsest level at which it still exists unchanged
+    grid: np.ndarray  #: [g, g] bool member patches
+
+    @property
+    def persistence(self) -> int:
+        return self.last_level - self.first_level + 1
+
+
+def crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop boxes from one image and resize each to size x size (bilinear), in one call.
+
+    image [3, H, W] float; boxes [R, 4] (x0, y0, x1, y1) pixel edges, x1/y1 exclusive
+    -> [R, 3, size, size].
+    """
+    _, h, w = image.shape
+    r = boxes.shape[0]
+    if r == 0:
+        return image.new_zeros((0, 3, size, size))
+    b = boxes.to(image.dtype)
+    # Affine grid in normalised coordinates (align_corners=False: -1 and 1 are pixel edges).
+    sx = (b[:, 2] - b[:, 0]) / w
+    sy = (b[:, 3] - b[:, 1]) / h
+    tx = (b[:, 0] + b[:, 2]) / w - 1
+    ty = (b[:, 1] + b[:, 3]) / h - 1
+    theta = torch.zeros(r, 2, 3, dtype=image.dtype, device=image.device)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, tx
+    theta[:, 1, 1], theta[:, 1, 2] = sy, ty
+    grid = F.affine_grid(theta, [r, 3, size, size], align_corners=False)
+    # One batched sampling call for every box (no per-box Python work on the device).
+    return F.grid_sample(image.expand(r, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def clusters_from_labels(labels: np.ndarray, region: int, min_size: int) -> list[Cluster]:
+    """Distinct clusters of one region's labels [L, g, g] (ids = smallest member index).
+
+    A cluster with id c at level l is the same mask as (l + 1, c) exactly when
+    both have the same size (clusters only grow, and the id of an unchanged
+    cluster is unchanged), so each distinct member set is emitted once.
+    """
+    nlev = labels.shape[0]
+    flat = labels.reshape(nlev, -1)
+    npx = flat.shape[1]
+    counts = [np.bincount(flat[l][flat[l] >= 0], minlength=npx) for l in range(nlev)]
+    out = []
+    for l in range(nlev):
+        ids = np.flatnonzero(counts[l] >= min_size)
+        for c in ids:
+            if l > 0 and counts[l - 1][c] == counts[l][c]:
+                continue  # unchanged since the finer level: already emitted
+            last = l
+            while last + 1 < nlev and counts[last + 1][c] == counts[l][c]:
+                last += 1
+            out.append(Cluster(region, l, last, (flat[l] == c).reshape(labels.shape[1:])))
+    return out
+
+
+def region_boxes(masks: list[np.ndarray]) -> np.ndarray:
+    """Tight boxes (x0, y0, x1, y1), x1/y1 exclusive, of pixel masks; zero-size boxes for empty masks."""
+    out = np.zeros((len(masks), 4), np.int64)
+    for i, m in enumerate(masks):
+        ys = np.flatnonzero(m.any(1))
+        xs = np.flatnonzero(m.any(0))
+        if ys.size:
+            out[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return out
+
+
+def conquer_batch(
+    images: list[torch.Tensor],
+    regions: list[list[tuple[tuple[int, int, int, int], np.ndarray]]],
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    cfg: ConquerConfig | None = None,
+    timings: dict | None = None,
+) -> list[list[tuple[Cluster, tuple[int, int, int, int], np.ndarray]]]:
+    """Conquer every divide region of several images in one feature pass and one merge call.
+
+    images: [3, H, W] float in [0, 1] each (on the extractor's device); regions: per image,
+    (box (x0, y0, x1, y1), crop [y1-y0, x1-x0] bool) of each divide region. Returns per
+    image (cluster, box, crop mask) for each kept mask; cluster.region indexes the regions.
+    """
+    cfg = cfg or ConquerConfig()
+    timings = timings if timings is not None else {}
+    jobs = []  # (image index, region index, box)
+    for ii, regs in enumerate(regions):
+        for ri, (box, _) in enumerate(regs):
+            if box[2] > box[0] and box[3] > box[1]:
+                jobs.append((ii, ri, box))
+    out: list[list] = [[] for _ in images]
+    if not jobs:
+        return out
+    t0 = time.perf_counter()
+    feats = []
+    for s in range(0, len(jobs), cfg.batch_size):
+        part = jobs[s : s + cfg.batch_size]
+        crops = []
+        for ii in sorted({j[0] for j in part}):
+            tb = torch.tensor([j[2] for j in part if j[0] == ii], device=images[ii].device)
+            crops.append(crop_resize(images[ii], tb, cfg.size))
+        feats.append(extractor(torch.cat(crops)).float())
+    feats = torch.cat(feats)
+    _sync(feats)
+    t1 = time.perf_counter()
+    labels = merge_levels(feats, cfg.thresholds).cpu().numpy()
+    t2 = time.perf_counter()
+    for j, (ii, ri, (x0, y0, x1, y1)) in enumerate(jobs):
+        region_crop = regions[ii][ri][1]
+        clusters = clusters_from_labels(labels[j], ri, cfg.min_size)
+        if not clusters:
+            continue
+        grids = torch.from_numpy(np.stack([c.grid for c in clusters])).float()[:, None]
+        bh, bw = y1 - y0, x1 - x0
+        # Upsample in chunks: K masks at box resolution can be large for big images.
+        chunk = max(1, int(2e7 // max(1, bh * bw)))
+        for s in range(0, len(clusters), chunk):
+            up = F.interpolate(grids[s : s + chunk], size=(bh, bw), mode="bilinear", align_corners=False)
+            up = (up[:, 0] > 0.5).numpy()
+            for c, m in zip(clusters[s : s + chunk], up):
+                area = np.count_nonzero(m)
+                if area == 0 or np.count_nonzero(m & region_crop) <= cfg.inside_frac * area:
+                    continue
+                out[ii].append((c, (x0, y0, x1, y1), m))
+    t3 = time.perf_counter()
+    timings["features_conquer"] = timings.get("features_conquer", 0.0) + (t1 - t0)
+    timings["merge"] = timings.get("merge", 0.0) + (t2 - t1)
+    timings["masks"] = timings.get("masks", 0.0) + (t3 - t2)
+    return out
+
+
+def _sync(t: torch.Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)

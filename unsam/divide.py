@@ -1,0 +1,183 @@
+"""Divide: MaskCut (iterative Normalized Cut) on the patch graph of one image.
+
+ALGORITHM.md §2. One affinity per image; each further cut clears the rows and
+columns of covered patches in the bit graph (MaskCut's zeroed features) and
+warm-starts Lanczos from the previous vector. The published pipeline ran a
+trained detector here (up to 100 regions); we have none, so after the
+MaskCut cuts the uncovered background is split into its connected parts and
+every large region is cut again inside its own graph (recursion), until the
+regions cover the image or the cuts stop being meaningful.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.ndimage
+import torch
+
+from unsam.kernels import affinity, lanczos_fiedler
+from unsam.kernels.graph import mask_graph, pack_bits, popcount_rows, subgraph
+
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+@dataclass
+class DivideConfig:
+    """Settings of the divide stage (defaults: the published MaskCut ones where they exist)."""
+
+    tau: float = 0.15  #: affinity threshold on cosine similarity
+    eps: float = 1e-5  #: weight of non-edges (exact eps graph)
+    max_cuts: int = 6  #: MaskCut cuts on the whole image (published: 3)
+    min_area: float = 0.01  #: a region must cover more than this fraction of the patches
+    max_prev_iou: float = 0.5  #: drop a cut whose IoU with the previous mask is above this
+    background_regions: bool = True  #: uncovered connected parts become regions too
+    recursive_depth: int = 2  #: cut regions again inside their own graph, this deep
+    recursive_min_area: float = 0.04  #: only regions larger than this fraction are cut again
+    max_regions: int = 40  #: cap on regions per image
+    tol: float = 1e-5  #: Lanczos residual tolerance
+    max_iter: int = 200  #: Lanczos step cap
+
+
+@dataclass
+class Region:
+    """One divide region on the patch grid."""
+
+    mask: np.ndarray  #: [gh, gw] bool
+    lam: float  #: lambda_2 of the cut that produced it (relaxed NCut value)
+    ncut: float  #: NCut value of the bipartition that produced it
+    depth: int  #: 0: cut of the whole image (or background part); d: d-th recursive cut
+    parent: int  #: index of the region it was cut out of, -1 for none
+
+    @property
+    def area(self) -> float:
+        return float(self.mask.mean())
+
+
+def _component(fg: np.ndarray, seed: int) -> np.ndarray:
+    lab, _ = scipy.ndimage.label(fg, structure=_FOUR)
+    s = lab.flat[seed]
+    return lab == s if s else np.zeros_like(fg)
+
+
+def bipartition(x: np.ndarray, allowed: np.ndarray, corners: bool = True) -> tuple[np.ndarray, int]:
+    """MaskCut's rule (ALGORITHM.md §2.3) on a 2-D eigenvector.
+
+    x [gh, gw]; allowed [gh, gw] bool (uncovered patches). Foreground = x above
+    its mean; seed = argmax |x|; flip if >= 3 of the 4 corners are foreground,
+    else flip if the seed is not foreground; the mask is the 4-connected
+    component of the (allowed) foreground containing the seed (argmax of the
+    signed vector after the rule). Returns (mask, seed index).
+    """
+    xm = np.where(allowed, x, np.nan)
+    mean = np.nanmean(xm)
+    fg = x > mean
+    seed = int(np.nanargmax(np.abs(xm)))
+    flip = False
+    if corners:
+        c = [fg[0, 0], fg[0, -1], fg[-1, 0], fg[-1, -1]]
+        flip = sum(bool(v) for v in c) >= 3
+    if not flip and not fg.flat[seed]:
+        flip = True
+    if flip:
+        fg = ~fg
+        seed = int(np.nanargmax(-xm))
+    else:
+        seed = int(np.nanargmax(xm))
+    fg &= allowed
+    return _component(fg, seed), seed
+
+
+def _ncut_value(bits: torch.Tensor, deg: torch.Tensor, a: np.ndarray, eps: float) -> float:
+    """cut(A, B)/assoc(A) + cut(A, B)/assoc(B) on the exact eps graph (B = all the rest)."""
+    n = deg.shape[0]
+    ia = torch.from_numpy(np.flatnonzero(a)).to(bits.device)
+    if ia.numel() == 0 or ia.numel() == n:
+        return 1.0
+    inside = torch.zeros(n, dtype=torch.bool, device=bits.device)
+    inside[ia] = True
+    rows = bits.index_select(0, ia) & pack_bits(inside[None])  # A-to-A bits only
+    within = float(popcount_rows(rows).sum()) * (1 - eps) + eps * ia.numel() ** 2
+    assoc_a = float(deg[ia].sum())
+    assoc_b = float(deg.sum()) - assoc_a
+    cut = assoc_a - within
+    return cut / max(assoc_a, 1e-12) + cut / max(assoc_b, 1e-12)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / u) if u else 0.0
+
+
+def divide(feats: torch.Tensor, cfg: DivideConfig | None = None) -> list[Region]:
+    """Divide one image into regions. feats [gh, gw, C] (any device) -> regions, in order found."""
+    cfg = cfg or DivideConfig()
+    if feats.dim() != 3:
+        raise ValueError(f"divide: feats should have shape [gh, gw, C], got {tuple(feats.shape)}")
+    gh, gw, c = feats.shape
+    n = gh * gw
+    if n < 2:
+        return []
+    bits, deg0 = affinity(feats.reshape(n, c), tau=cfg.tau, eps=cfg.eps)
+    regions: list[Region] = []
+    covered = np.zeros((gh, gw), bool)
+    x = None
+    prev = None
+    failures = 0
+    for _ in range(cfg.max_cuts):
+        if covered.mean() > 1 - cfg.min_area or len(regions) >= cfg.max_regions:
+            break
+        keep = torch.from_numpy(~covered.reshape(-1)).to(bits.device)
+        b, d = (bits, deg0) if not covered.any() else mask_graph(bits, keep, cfg.eps)
+        x, lam, _ = lanczos_fiedler(b, d, eps=cfg.eps, tol=cfg.tol, max_iter=cfg.max_iter, x0=x)
+        xv = x.cpu().numpy().reshape(gh, gw)
+        mask, _ = bipartition(xv, ~covered)
+        too_small = mask.mean() <= cfg.min_area
+        duplicate = prev is not None and _iou(mask, prev) > cfg.max_prev_iou
+        if too_small or duplicate:
+            failures += 1
+            covered |= mask  # move on: the next cut must look elsewhere
+            if failures >= 2 or not mask.any():
+                break
+            continue
+        ncut = _ncut_value(b, d, mask.reshape(-1), cfg.eps)
+        regions.append(Region(mask, float(lam), ncut, 0, -1))
+        covered |= mask
+        prev = mask
+    if cfg.background_regions:
+        lab, k = scipy.ndimage.label(~covered, structure=_FOUR)
+        for i in range(1, k + 1):
+            m = lab == i
+            if m.mean() > cfg.min_area and len(regions) < cfg.max_regions:
+                regions.append(Region(m, 1.0, 1.0, 0, -1))
+    # Recursion: cut large regions inside their own induced graph.
+    todo = list(range(len(regions)))
+    while todo and len(regions) < cfg.max_regions:
+        ri = todo.pop(0)
+        r = regions[ri]
+        if r.depth >= cfg.recursive_depth or r.area <= cfg.recursive_min_area:
+            continue
+        idx = np.flatnonzero(r.mask.reshape(-1))
+        if idx.size < 8:
+            continue
+        it = torch.from_numpy(idx).to(bits.device)
+        sb, sd = subgraph(bits, it, cfg.eps)
+        sx, lam, _ = lanczos_fiedler(sb, sd, eps=cfg.eps, tol=cfg.tol, max_iter=cfg.max_iter)
+        xs = np.full(n, np.nan)
+        xs[idx] = sx.cpu().numpy()
+        xs = xs.reshape(gh, gw)
+        allowed = r.mask
+        for sign in (1.0, -1.0):
+            xv = np.where(allowed, sign * xs, 0.0)
+            fg = (sign * xs > np.nanmean(sign * xs[allowed])) & allowed
+            seed = int(np.nanargmax(np.where(allowed, xv, -np.inf)))
+            part = _component(fg, seed)
+            if part.mean() <= cfg.min_area or part.sum() >= 0.95 * r.mask.sum():
+                continue
+            if len(regions) >= cfg.max_regions:
+                break
+            ncut = _ncut_value(sb, sd, part.reshape(-1)[idx], cfg.eps)
+            regions.append(Region(part, float(lam), ncut, r.depth + 1, ri))
+            todo.append(len(regions) - 1)
+    return regions

@@ -1,0 +1,249 @@
+"""The labeling pipeline as a readable sequence of stages: features -> divide -> conquer -> masks.
+
+``LabelConfig`` holds every default once (the CLI only overrides it);
+``Labeler`` turns decoded images into SA-1B style annotation lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unsam.conquer import ConquerConfig, conquer_batch
+from unsam.divide import DivideConfig, Region, divide
+from unsam.masks import MaskItem, build_hierarchy, mask_nms, to_annotations
+
+
+@dataclass
+class MaskConfig:
+    """Settings of the mask stage."""
+
+    nms_iou: float = 0.9  #: mask NMS over the whole image (published: windowed, per region)
+    min_area_frac: float = 1e-4  #: drop masks smaller than this fraction of the image...
+    min_area: int = 16  #: ...or than this many pixels
+    contain: float = 0.9  #: a parent holds at least this fraction of its child
+    clip_to_parent: bool = True  #: make the hierarchy exactly nested
+    max_masks: int = 1000  #: keep at most this many masks per image (best scores)
+    output_divide_regions: bool = True  #: divide regions are masks too (source "divide")
+
+
+@dataclass
+class LabelConfig:
+    """Every setting of ``unsam.label``. ``None`` means: the backbone's own default."""
+
+    backbone: str = "dino_vitb8"
+    checkpoint: str | None = None
+    divide_size: int = 480  #: image resized to this square for the divide stage (60 x 60 patches at /8)
+    conquer_whole_image: bool = True  #: the whole image is conquered as one more region
+    divide: DivideConfig = field(default_factory=DivideConfig)
+    conquer: ConquerConfig = field(default_factory=ConquerConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    tau: float | None = None  #: overrides divide.tau (None: backbone default)
+    merge_thresholds: tuple[float, ...] | None = None  #: overrides conquer.thresholds (None: backbone default)
+    max_pixels: int = 50_000_000  #: larger images are skipped (reason "too-large")
+    refine: str = "none"  #: "none" or "edge" (edge-aware majority refinement of mask borders)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(d: dict[str, Any], base: LabelConfig | None = None) -> LabelConfig:
+    """Overlay a (YAML) dict on a config; unknown keys are an error that names them."""
+    cfg = dataclasses.replace(base) if base is not None else LabelConfig()
+    cfg.divide = dataclasses.replace(cfg.divide)
+    cfg.conquer = dataclasses.replace(cfg.conquer)
+    cfg.masks = dataclasses.replace(cfg.masks)
+    nested = {"divide": cfg.divide, "conquer": cfg.conquer, "masks": cfg.masks}
+    top = {f.name for f in dataclasses.fields(LabelConfig)}
+    for k, v in (d or {}).items():
+        if k in nested:
+            if not isinstance(v, dict):
+                raise ValueError(f"config: '{k}' should be a mapping, got {type(v).__name__}")
+            sub = nested[k]
+            names = {f.name for f in dataclasses.fields(sub)}
+            for kk, vv in v.items():
+                if kk not in names:
+                    raise ValueError(f"config: unknown key '{k}.{kk}' (known: {', '.join(sorted(names))})")
+                if isinstance(vv, list):
+                    vv = tuple(vv)
+                setattr(sub, kk, vv)
+        elif k in top:
+            setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
+        else:
+            raise ValueError(f"config: unknown key '{k}' (known: {', '.join(sorted(top))})")
+    return cfg
+
+
+def resolve(cfg: LabelConfig, spec) -> LabelConfig:
+    """Fill the backbone's own defaults (tau, merge thresholds) where the config leaves them open."""
+    cfg = config_from_dict({}, cfg)
+    cfg.divide.tau = float(cfg.tau if cfg.tau is not None else spec.tau)
+    cfg.tau = cfg.divide.tau
+    thr = cfg.merge_thresholds if cfg.merge_thresholds is not None else spec.merge_thresholds
+    cfg.conquer.thresholds = tuple(float(t) for t in thr)
+    cfg.merge_thresholds = cfg.conquer.thresholds
+    if cfg.refine not in ("none", "edge"):
+        raise ValueError(f"config: refine should be 'none' or 'edge', got {cfg.refine!r}")
+    if cfg.divide_size < 2 * spec.patch_size:
+        raise ValueError(f"config: divide_size should be >= {2 * spec.patch_size}, got {cfg.divide_size}")
+    return cfg
+
+
+def _grid_to_pixels(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Divide-grid mask -> image mask (bilinear upsample, threshold 0.5)."""
+    t = torch.from_numpy(grid.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
+
+
+def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    ys = np.flatnonzero(mask.any(1))
+    xs = np.flatnonzero(mask.any(0))
+    if ys.size == 0:
+        return None
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+
+
+class Labeler:
+    """Pseudo-labels images with a feature extractor and the unsam kernels.
+
+    Args:
+        cfg: the configuration (backbone defaults are filled in).
+        device: where features and kernels run ("cpu" or "cuda").
+        extractor: a ready extractor (tests); built from ``cfg`` when None.
+    """
+
+    def __init__(self, cfg: LabelConfig | None = None, device: str | torch.device = "cpu", extractor=None):
+        from unsam.features import BACKBONES, build_extractor
+
+        cfg = cfg or LabelConfig()
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone '{cfg.backbone}'; available: {', '.join(sorted(BACKBONES))}")
+        self.spec = BACKBONES[cfg.backbone]
+        self.cfg = resolve(cfg, self.spec)
+        self.device = torch.device(device)
+        self.extractor = extractor or build_extractor(cfg.backbone, checkpoint=cfg.checkpoint, device=self.device)
+        self.patch = self.extractor.patch_size
+        self.timings: dict[str, float] = {}
+
+    def _add(self, key: str, dt: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + dt
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def label_batch(self, images: list[np.ndarray]) -> list[list[dict]]:
+        """Label decoded images ([H, W, 3] uint8 RGB each): one annotation list per image."""
+        if not images:
+            return []
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        tens = [torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1).float() / 255.0 for im in images]
+        s = max(self.patch * 2, (cfg.divide_size // self.patch) * self.patch)
+        small = torch.stack(
+            [F.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0] for t in tens]
+        )
+        feats = self.extractor(small).float()
+        self._sync()
+        t1 = time.perf_counter()
+        self._add("features_divide", t1 - t0)
+        all_regions: list[list[Region]] = [divide(feats[i], cfg.divide) for i in range(len(images))]
+        t2 = time.perf_counter()
+        self._add("divide", t2 - t1)
+        per_image_regions = []
+        region_items: list[list[MaskItem]] = []
+        for im, regs in zip(images, all_regions):
+            h, w = im.shape[:2]
+            pix = self._region_pixels(regs, h, w)
+            items = []
+            crops = []
+            for r, m in zip(regs, pix):
+                box = _box_of(m)
+                if box is None:
+                    continue
+                crop = m[box[1] : box[3], box[0] : box[2]]
+                score = float(np.clip(1.0 - r.ncut / 2.0, 0.0, 1.0))
+                items.append(MaskItem(box, crop, score, "divide", {"depth": r.depth, "lam": r.lam, "ncut": r.ncut}))
+                crops.append((box, crop))
+            if cfg.conquer_whole_image:
+                crops.append(((0, 0, w, h), np.ones((h, w), bool)))
+            per_image_regions.append(crops)
+            region_items.append(items)
+        t3 = time.perf_counter()
+        self._add("masks", t3 - t2)
+        conquered = conquer_batch(tens, per_image_regions, self.extractor, cfg.conquer, self.timings)
+        out = []
+        nlev = len(cfg.conquer.thresholds)
+        for im, items, found in zip(images, region_items, conquered):
+            h, w = im.shape[:2]
+            if not cfg.masks.output_divide_regions:
+                items = []
+            for c, box, crop in found:
+                # Score: how many thresholds the cluster survives unchanged (stable segments first).
+                score = 0.25 + 0.75 * c.persistence / nlev
+                items.append(MaskItem(box, crop, score, "conquer", {"first_level": c.first_level}))
+            out.append(self._finish(items, im, h, w))
+        return out
+
+    def _region_pixels(self, regs: list[Region], h: int, w: int) -> list[np.ndarray]:
+        """Pixel masks of the divide regions, disjoint among regions of the same depth
+        (pixels claimed earlier are removed from later masks) and inside their parents."""
+        claimed: dict[int, np.ndarray] = {}
+        out: list[np.ndarray] = []
+        for r in regs:
+            m = _grid_to_pixels(r.mask, h, w)
+            c = claimed.setdefault(r.depth, np.zeros((h, w), bool))
+            m &= ~c
+            if r.parent >= 0:
+                m &= out[r.parent]
+            c |= m
+            out.append(m)
+        return out
+
+    def _finish(self, items: list[MaskItem], image: np.ndarray, h: int, w: int) -> list[dict]:
+        t0 = time.perf_counter()
+        cfg = self.cfg.masks
+        min_area = max(cfg.min_area, cfg.min_area_frac * h * w)
+        items = [m for m in items if m.area >= min_area]
+        if self.cfg.refine == "edge" and items:
+            from unsam.refine import refine_masks
+
+            items = refine_masks(image, items)
+        keep = mask_nms(items, cfg.nms_iou)[: cfg.max_masks]
+        items = [items[i] for i in keep]
+        parents, levels = build_hierarchy(items, cfg.contain, cfg.clip_to_parent)
+        # Clipping to a parent may leave a child (almost) empty: drop it and hand its
+        # children to its parent, so every parent_id refers to a written mask.
+        alive = [m.area >= min(min_area, 1) for m in items]
+        if not all(alive):
+            def up(i: int) -> int:
+                while i >= 0 and not alive[i]:
+                    i = parents[i]
+                return i
+
+            remap = {}
+            kept_items, kept_parents = [], []
+            for i, m in enumerate(items):
+                if alive[i]:
+                    remap[i] = len(kept_items)
+                    kept_items.append(m)
+            for i in range(len(items)):
+                if alive[i]:
+                    p = up(parents[i])
+                    kept_parents.append(remap[p] if p >= 0 else -1)
+            items, parents = kept_items, kept_parents
+            levels = [0] * len(items)
+            for i in sorted(range(len(items)), key=lambda k: -items[k].area):
+                levels[i] = levels[parents[i]] + 1 if parents[i] >= 0 else 0
+        t1 = time.perf_counter()
+        anns = to_annotations(items, parents, levels, h, w)
+        self._add("masks", t1 - t0)
+        self._add("output", time.perf_counter() - t1)
+        return anns
