@@ -145,7 +145,7 @@ class Labeler:
             return []
         cfg = self.cfg
         t0 = time.perf_counter()
-        tens = [torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1).float() / 255.0 for im in images]
+        tens = [torch.from_numpy(np.array(im, copy=not im.flags.writeable or not im.flags.c_contiguous)).to(self.device).permute(2, 0, 1).float() / 255.0 for im in images]
         s = max(self.patch * 2, (cfg.divide_size // self.patch) * self.patch)
         small = torch.stack(
             [F.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0] for t in tens]
@@ -216,34 +216,44 @@ class Labeler:
             from unsam.refine import refine_masks
 
             items = refine_masks(image, items)
+        if cfg.clip_to_parent:
+            # Nest first (children clipped to parents), so NMS sees the final masks.
+            build_hierarchy(items, cfg.contain, clip=True)
+            items = [m for m in items if m.area >= min_area]
         keep = mask_nms(items, cfg.nms_iou)[: cfg.max_masks]
         items = [items[i] for i in keep]
-        parents, levels = build_hierarchy(items, cfg.contain, cfg.clip_to_parent)
-        # Clipping to a parent may leave a child (almost) empty: drop it and hand its
-        # children to its parent, so every parent_id refers to a written mask.
-        alive = [m.area >= min(min_area, 1) for m in items]
-        if not all(alive):
-            def up(i: int) -> int:
-                while i >= 0 and not alive[i]:
-                    i = parents[i]
-                return i
-
-            remap = {}
-            kept_items, kept_parents = [], []
-            for i, m in enumerate(items):
-                if alive[i]:
-                    remap[i] = len(kept_items)
-                    kept_items.append(m)
-            for i in range(len(items)):
-                if alive[i]:
-                    p = up(parents[i])
-                    kept_parents.append(remap[p] if p >= 0 else -1)
-            items, parents = kept_items, kept_parents
-            levels = [0] * len(items)
-            for i in sorted(range(len(items)), key=lambda k: -items[k].area):
-                levels[i] = levels[parents[i]] + 1 if parents[i] >= 0 else 0
+        parents, _ = build_hierarchy(items, cfg.contain, cfg.clip_to_parent)
+        items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou)
         t1 = time.perf_counter()
         anns = to_annotations(items, parents, levels, h, w)
         self._add("masks", t1 - t0)
         self._add("output", time.perf_counter() - t1)
         return anns
+
+
+def _prune(items: list[MaskItem], parents: list[int], min_area: float, iou: float):
+    """Drop masks that clipping left too small, or (nested, so IoU = area ratio) too close
+    to their parent; their children go to the nearest kept ancestor. Returns levels too."""
+    areas = [m.area for m in items]
+    alive = [areas[i] >= min_area and (parents[i] < 0 or areas[i] <= iou * areas[parents[i]]) for i in range(len(items))]
+
+    def up(i: int) -> int:
+        while i >= 0 and not alive[i]:
+            i = parents[i]
+        return i
+
+    remap: dict[int, int] = {}
+    kept = []
+    for i, m in enumerate(items):
+        if alive[i]:
+            remap[i] = len(kept)
+            kept.append(m)
+    new_parents = []
+    for i in range(len(items)):
+        if alive[i]:
+            p = up(parents[i])
+            new_parents.append(remap[p] if p >= 0 else -1)
+    levels = [0] * len(kept)
+    for i in sorted(range(len(kept)), key=lambda k: -kept[k].area):
+        levels[i] = levels[new_parents[i]] + 1 if new_parents[i] >= 0 else 0
+    return kept, new_parents, levels

@@ -1,0 +1,235 @@
+"""End-to-end tests of ``python -m unsam.label`` on real images (classic backbone, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from unsam.label import main
+from unsam.pipeline import LabelConfig, Labeler, config_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "examples" / "images"
+FAST = ["--backbone", "classic", "--workers", "0", "--quiet", "--max-cuts", "3"]
+
+
+def _decode(ann):
+    rle = dict(ann["segmentation"])
+    rle["counts"] = rle["counts"].encode("ascii")
+    return mask_utils.decode(rle).astype(bool), rle
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("labels")
+    assert main(["--input", str(SAMPLES), "--output", str(out), "--save-vis", *FAST]) == 0
+    return out
+
+
+def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
+    files = sorted(labeled.glob("*.json"))
+    names = {p.stem for p in files} - {"summary"}
+    assert names == {p.stem for p in SAMPLES.glob("*.jpg")}
+    for p in files:
+        if p.name == "summary.json":
+            continue
+        d = json.loads(p.read_text())
+        img = d["image"]
+        w, h = Image.open(SAMPLES / img["file_name"]).size
+        assert (img["width"], img["height"]) == (w, h)
+        anns = d["annotations"]
+        assert len(anns) >= 10, f"{p.name}: only {len(anns)} masks"
+        ids = [a["id"] for a in anns]
+        assert len(set(ids)) == len(ids)
+        by_id = {a["id"]: a for a in anns}
+        masks = {}
+        for a in anns:
+            m, rle = _decode(a)
+            assert m.shape == (h, w)
+            assert a["area"] == int(m.sum()) > 0
+            ys, xs = np.nonzero(m)
+            assert a["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+            assert a["source"] in ("divide", "conquer") and 0.0 <= a["score"] <= 1.0
+            masks[a["id"]] = m
+        for a in anns:
+            if a["parent_id"] is None:
+                assert a["level"] == 0
+                continue
+            parent = by_id[a["parent_id"]]
+            assert parent["level"] == a["level"] - 1
+            assert parent["area"] > a["area"]
+            # Exactly nested: the child lies inside its parent.
+            assert not (masks[a["id"]] & ~masks[a["parent_id"]]).any()
+        # Mask NMS: no two masks overlap with IoU > 0.9.
+        rles = [_decode(a)[1] for a in anns]
+        iou = mask_utils.iou(rles, rles, [0] * len(rles))
+        np.fill_diagonal(iou, 0)
+        assert iou.max() <= 0.9
+    assert (labeled / "config.yaml").is_file()
+    summary = json.loads((labeled / "summary.json").read_text())
+    assert summary["images_labeled"] == 3 and summary["images_skipped"] == 0
+    assert set(summary["stage_s"]) >= {"features_divide", "divide", "features_conquer", "merge", "masks", "write"}
+    vis = sorted((labeled / "vis").glob("*.jpg"))
+    assert len(vis) == 3 and Image.open(vis[0]).size[0] > Image.open(SAMPLES / vis[0].name).size[0]
+
+
+def test_deterministic_across_runs(labeled, tmp_path):
+    img = sorted(SAMPLES.glob("*.jpg"))[0]
+    assert main(["--input", str(img), "--output", str(tmp_path), *FAST]) == 0
+    a = json.loads((tmp_path / img.with_suffix(".json").name).read_text())["annotations"]
+    b = json.loads((labeled / img.with_suffix(".json").name).read_text())["annotations"]
+    assert a == b
+
+
+def test_resume_skips_finished_images(tmp_path):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(SAMPLES, imgs, ignore=shutil.ignore_patterns("*.md"))
+    out = tmp_path / "out"
+    args = ["--input", str(imgs), "--output", str(out), *FAST, "--max-cuts", "1"]
+    assert main(args) == 0
+    files = sorted(out.glob("coco_*.json"))
+    assert len(files) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    files[1].unlink()
+    files[2].write_text('{"image": {"width": 1')  # a half-written file (as from an old tool) is redone
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images_labeled"] == 2 and s["images_done_before"] == 1
+    assert files[0].stat().st_mtime_ns == stamps[files[0]]
+    assert json.loads(files[2].read_text())["annotations"]
+
+
+def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    shutil.copy(sorted(SAMPLES.glob("*.jpg"))[0], d / "good.jpg")
+    data = (SAMPLES / "coco_397133.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (d / "notes.jpg").write_text("this is not an image")
+    Image.new("RGB", (1, 1)).save(d / "tiny.png")
+    Image.new("RGB", (400, 300)).save(d / "big.png")
+    out = tmp_path / "out"
+    code = main(["--input", str(d), "--output", str(out), *FAST, "--max-cuts", "1", "--max-pixels", "100000"])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images_labeled"] == 1 and s["images_skipped"] == 4
+    reasons = {Path(x["path"]).name: x["reason"] for x in s["skipped"]}
+    assert reasons["truncated.jpg"].startswith("corrupt")
+    assert reasons["notes.jpg"].startswith("not-an-image")
+    assert reasons["tiny.png"].startswith("too-small")
+    assert reasons["big.png"].startswith("too-large")
+    assert sorted(p.name for p in out.glob("*.json")) == ["good.json", "summary.json"]
+
+
+def test_nothing_to_do_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o"), *FAST]) == 2
+    assert "error" in capsys.readouterr().err
+    bad = tmp_path / "only_bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_text("nope")
+    assert main(["--input", str(bad), "--output", str(tmp_path / "o2"), *FAST]) == 1
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--input", str(SAMPLES), "--output", str(blocker / "sub"), *FAST]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_gpu_flag_without_gpu_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["--input", str(SAMPLES), "--output", "/tmp/unused", "--gpu", *FAST]) == 2
+    assert "--gpu" in capsys.readouterr().err
+
+
+def test_config_file_and_unknown_keys(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("backbone: classic\ndivide:\n  max_cuts: 2\nmasks:\n  max_masks: 7\n")
+    out = tmp_path / "out"
+    img = sorted(SAMPLES.glob("*.jpg"))[0]
+    assert main(["--input", str(img), "--output", str(out), "--config", str(cfg), "--workers", "0", "--quiet"]) == 0
+    d = json.loads((out / img.with_suffix(".json").name).read_text())
+    assert 0 < len(d["annotations"]) <= 7
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["divide"]["max_cuts"] == 2 and saved["backbone"] == "classic"
+    with pytest.raises(ValueError, match="unknown key 'divide.nope'"):
+        config_from_dict({"divide": {"nope": 1}})
+
+
+def test_tiny_vit_checkpoint_through_the_dino_path(tmp_path):
+    from unsam.features import build_extractor
+
+    model = build_extractor("vit_tiny_test", pretrained=False)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in model.model.state_dict().items()}}, ckpt)
+    lab = Labeler(LabelConfig(backbone="vit_tiny_test", checkpoint=str(ckpt), divide_size=128))
+    im = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB"))
+    anns = lab.label_batch([im])[0]
+    assert anns and all(a["segmentation"]["size"] == list(im.shape[:2]) for a in anns)
+    anns2 = Labeler(LabelConfig(backbone="vit_tiny_test", checkpoint=str(ckpt), divide_size=128)).label_batch([im])[0]
+    assert anns == anns2
+
+
+def _run_cli(args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, **kw)
+
+
+def test_torchrun_two_processes_share_the_work(tmp_path):
+    out = tmp_path / "out"
+    r = _run_cli(
+        ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "unsam.label",
+         "--input", str(SAMPLES), "--output", str(out), *FAST, "--max-cuts", "1"],
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["images_labeled"] == 3
+    per_rank = sorted(x["images_labeled"] for x in s["per_rank"])
+    assert per_rank == [1, 2]
+    assert len(list(out.glob("coco_*.json"))) == 3
+
+
+def test_sigkill_leaves_no_half_written_json(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    src = sorted(SAMPLES.glob("*.jpg"))
+    for i in range(6):
+        shutil.copy(src[i % 3], imgs / f"img{i}.jpg")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "unsam.label", "--input", str(imgs), "--output", str(out), *FAST, "--max-cuts", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("img*.json"))) < 2:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = list(out.glob("img*.json"))
+    assert done, "nothing was written before the kill"
+    for f in done:
+        assert json.loads(f.read_text())["annotations"]  # every visible JSON is complete
+    # Resume finishes the rest without redoing the finished ones.
+    stamps = {f: f.stat().st_mtime_ns for f in done}
+    assert main(["--input", str(imgs), "--output", str(out), *FAST, "--max-cuts", "1"]) == 0
+    assert len(list(out.glob("img*.json"))) == 6
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())
