@@ -107,7 +107,7 @@ def region_boxes(masks: list[np.ndarray]) -> np.ndarray:
 
 def conquer_batch(
     images: list[torch.Tensor],
-    regions: list[list[tuple[tuple[int, int, int, int], np.ndarray]]],
+    regions: list[list[tuple]],
     extractor: Callable[[torch.Tensor], torch.Tensor],
     cfg: ConquerConfig | None = None,
     timings: dict | None = None,
@@ -115,16 +115,20 @@ def conquer_batch(
     """Conquer every divide region of several images in one feature pass and one merge call.
 
     images: [3, H, W] float in [0, 1] each (on the extractor's device); regions: per image,
-    (box (x0, y0, x1, y1), crop [y1-y0, x1-x0] bool) of each divide region. Returns per
-    image (cluster, box, crop mask) for each kept mask; cluster.region indexes the regions.
+    (box (x0, y0, x1, y1), crop [y1-y0, x1-x0] bool[, sample_box]) of each divide region,
+    box and crop at the mask (working) resolution; ``sample_box`` is the same box in the
+    image's pixels when that resolution differs (crops are sampled from the full image).
+    Returns per image (cluster, box, crop mask) for each kept mask at the working
+    resolution; cluster.region indexes the regions.
     """
     cfg = cfg or ConquerConfig()
     timings = timings if timings is not None else {}
     jobs = []  # (image index, region index, box)
     for ii, regs in enumerate(regions):
-        for ri, (box, _) in enumerate(regs):
+        for ri, reg in enumerate(regs):
+            box = reg[0]
             if box[2] > box[0] and box[3] > box[1]:
-                jobs.append((ii, ri, box))
+                jobs.append((ii, ri, box, reg[2] if len(reg) > 2 else box))
     out: list[list] = [[] for _ in images]
     if not jobs:
         return out
@@ -134,7 +138,7 @@ def conquer_batch(
         part = jobs[s : s + cfg.batch_size]
         crops = []
         for ii in sorted({j[0] for j in part}):
-            tb = torch.tensor([j[2] for j in part if j[0] == ii], device=images[ii].device)
+            tb = torch.tensor([j[3] for j in part if j[0] == ii], device=images[ii].device)
             crops.append(crop_resize(images[ii], tb, cfg.size))
         feats.append(extractor(torch.cat(crops)).float())
     feats = torch.cat(feats)
@@ -142,7 +146,7 @@ def conquer_batch(
     t1 = time.perf_counter()
     labels = merge_levels(feats, cfg.thresholds).cpu().numpy()
     t2 = time.perf_counter()
-    for j, (ii, ri, (x0, y0, x1, y1)) in enumerate(jobs):
+    for j, (ii, ri, (x0, y0, x1, y1), _) in enumerate(jobs):
         region_crop = regions[ii][ri][1]
         clusters = clusters_from_labels(labels[j], ri, cfg.min_size)
         if not clusters:

@@ -136,41 +136,162 @@ def _clip_to(child: MaskItem, parent: MaskItem) -> None:
     child.crop = child.crop & win
 
 
+
+def pairwise_intersections(items: list[MaskItem], height: int, width: int, max_pixels: int = 300_000) -> np.ndarray:
+    """All |a ∩ b| at once: [K, K] int64, via a sparse product of the masks' pixel sets.
+
+    Every pixel costs (masks covering it)^2, so images above ``max_pixels`` are
+    sampled on a regular grid (every s-th row and column) and the counts scaled
+    by s^2: the NMS and containment decisions need ratios, not exact counts.
+    """
+    import scipy.sparse
+
+    k = len(items)
+    if k == 0:
+        return np.zeros((0, 0), np.int64)
+    s = max(1, int(np.ceil(np.sqrt(height * width / max_pixels))))
+    gw = (width + s - 1) // s
+    gh = (height + s - 1) // s
+    indices = []
+    counts = np.zeros(k + 1, np.int64)
+    for i, m in enumerate(items):
+        x0, y0 = m.box[0], m.box[1]
+        crop = m.crop
+        if s > 1:  # sample the global grid rows/cols that fall inside the box
+            oy = (-y0) % s
+            ox = (-x0) % s
+            crop = crop[oy::s, ox::s]
+            y0, x0 = (y0 + oy) // s, (x0 + ox) // s
+        ys, xs = np.nonzero(crop)
+        idx = (ys + y0).astype(np.int64) * gw + (xs + x0)
+        indices.append(idx)
+        counts[i + 1] = idx.size
+    indptr = np.cumsum(counts)
+    ind = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    mat = scipy.sparse.csr_matrix((np.ones(ind.size, np.int32), ind, indptr), shape=(k, gh * gw))
+    inter = (mat @ mat.T).toarray().astype(np.int64)
+    if s > 1:
+        # Scale sampled counts to pixels, keeping the diagonal equal to the true areas.
+        area = np.array([m.area for m in items], np.float64)
+        diag = np.maximum(np.diag(inter).astype(np.float64), 1.0)
+        scale = np.sqrt(np.outer(area / diag, area / diag))
+        inter = np.rint(inter * scale).astype(np.int64)
+        np.fill_diagonal(inter, area.astype(np.int64))
+    return inter
+
+
+def nms_from_intersections(inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9) -> list[int]:
+    """Greedy NMS on a precomputed intersection matrix; order: score, area, index."""
+    k = inter.shape[0]
+    if k == 0:
+        return []
+    area = np.diag(inter).astype(np.float64)
+    union = area[:, None] + area[None, :] - inter
+    iou = inter / np.maximum(union, 1.0)
+    order = np.lexsort((np.arange(k), -area, -scores))
+    suppressed = np.zeros(k, bool)
+    kept = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        kept.append(int(i))
+        suppressed |= iou[i] > iou_threshold
+    return kept
+
+
+def parents_from_intersections(inter: np.ndarray, contain: float = 0.9) -> list[int]:
+    """Parent = the smallest strictly larger mask holding >= contain of the mask (-1: none)."""
+    k = inter.shape[0]
+    if k == 0:
+        return []
+    area = np.diag(inter).astype(np.float64)
+    ok = (area[None, :] > area[:, None]) & (inter >= contain * area[:, None])
+    # Smallest area first, then lowest index among equals.
+    key = np.where(ok, area[None, :] * (k + 1) + np.arange(k)[None, :], np.inf)
+    best = np.argmin(key, axis=1)
+    return [int(b) if ok[i, b] else -1 for i, b in enumerate(best)]
+
+
+def clip_to_parents(items: list[MaskItem], parents: list[int]) -> bool:
+    """Intersect every mask with its parent, roots first; True if any mask changed."""
+    areas = [m.area for m in items]
+    changed = False
+    for i in sorted(range(len(items)), key=lambda j: -areas[j]):
+        p = parents[i]
+        if p >= 0:
+            before = items[i].area
+            _clip_to(items[i], items[p])
+            changed |= items[i].area != before
+    return changed
+
+
 def crop_to_rle(crop: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> dict:
     """COCO compressed RLE of a mask given as a crop inside box, without a full-image array.
 
-    Runs are counted column-major over the box's column strip only; the columns
-    before and after the box add to the first and last zero runs.
+    Cost is the box's area (not the image's): each crop column is padded with a
+    zero above and below, so value changes never straddle two columns, and every
+    change maps to its column-major position in the full image; the run lengths
+    are the gaps between those positions.
     """
-    x0, y0, x1, y1 = box
+    x0, y0 = box[0], box[1]
     bh, bw = crop.shape
-    strip = np.zeros((bw, height), np.uint8)
-    strip[:, y0 : y0 + bh] = crop.T
-    flat = strip.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], change, [flat.size])))
-    if flat.size and flat[0]:
-        runs = np.concatenate(([0], runs))
-    runs = runs.astype(np.int64)
-    runs[0] += x0 * height
-    trailing = (width - x1) * height
-    if runs.size % 2 == 1:  # the last run is a zero run
-        runs[-1] += trailing
-    elif trailing:
-        runs = np.concatenate((runs, [trailing]))
+    padded = np.zeros((bw, bh + 2), np.int8)
+    padded[:, 1:-1] = crop.T
+    flat = padded.ravel()
+    k = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    col, row = np.divmod(k, bh + 2)
+    pos = (x0 + col).astype(np.int64) * height + (y0 + row - 1)
+    # A run ending at the bottom of a full-height box column and one starting at the
+    # top of the next meet at one position: an empty zero run, which RLE must not hold.
+    dup = np.flatnonzero(pos[1:] == pos[:-1])
+    if dup.size:
+        pos = np.delete(pos, np.concatenate((dup, dup + 1)))
+    runs = np.diff(np.concatenate(([0], pos, [height * width])))
+    if runs.size > 1 and runs[-1] == 0:  # the mask reaches the last pixel: no trailing zero run
+        runs = runs[:-1]
     rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
 
 
+def upscale_crop(
+    crop: np.ndarray, box: tuple[int, int, int, int], sx: float, sy: float, height: int, width: int
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A crop at working resolution -> the same mask at full resolution (nearest neighbour).
+
+    Full pixel X belongs to working pixel floor((X + 0.5) / s) for every mask alike,
+    so nesting between masks is preserved exactly.
+    """
+    x0, y0, x1, y1 = box
+    fx0 = min(width, max(0, int(np.ceil(x0 * sx - 0.5))))
+    fx1 = min(width, max(fx0, int(np.ceil(x1 * sx - 0.5))))
+    fy0 = min(height, max(0, int(np.ceil(y0 * sy - 0.5))))
+    fy1 = min(height, max(fy0, int(np.ceil(y1 * sy - 0.5))))
+    rx = np.clip(np.floor((np.arange(fx0, fx1) + 0.5) / sx).astype(np.int64) - x0, 0, crop.shape[1] - 1)
+    ry = np.clip(np.floor((np.arange(fy0, fy1) + 0.5) / sy).astype(np.int64) - y0, 0, crop.shape[0] - 1)
+    return crop[ry][:, rx], (fx0, fy0, fx1, fy1)
+
+
 def to_annotations(
-    items: list[MaskItem], parents: list[int], levels: list[int], height: int, width: int, start_id: int = 1
+    items: list[MaskItem],
+    parents: list[int],
+    levels: list[int],
+    height: int,
+    width: int,
+    start_id: int = 1,
+    work_hw: tuple[int, int] | None = None,
 ) -> list[dict]:
-    """SA-1B style annotation records (ids start_id.., parent_id refers to these ids)."""
+    """SA-1B style annotation records (ids start_id.., parent_id refers to these ids).
+
+    ``work_hw``: the resolution the crops are at, when it is not (height, width).
+    """
     ids = [start_id + i for i in range(len(items))]
     out = []
     for i, m in enumerate(items):
-        rle = crop_to_rle(m.crop, m.box, height, width)
+        crop, box = m.crop, m.box
+        if work_hw is not None and tuple(work_hw) != (height, width):
+            crop, box = upscale_crop(crop, box, width / work_hw[1], height / work_hw[0], height, width)
+        rle = crop_to_rle(crop, box, height, width)
         enc = dict(rle, counts=rle["counts"].encode("ascii"))
         bbox = [float(v) for v in mask_utils.toBbox(enc)]
         out.append(

@@ -17,7 +17,14 @@ import torch.nn.functional as F
 
 from unsam.conquer import ConquerConfig, conquer_batch
 from unsam.divide import DivideConfig, Region, divide
-from unsam.masks import MaskItem, build_hierarchy, mask_nms, to_annotations
+from unsam.masks import (
+    MaskItem,
+    clip_to_parents,
+    nms_from_intersections,
+    pairwise_intersections,
+    parents_from_intersections,
+    to_annotations,
+)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class MaskConfig:
     clip_to_parent: bool = True  #: make the hierarchy exactly nested
     max_masks: int = 1000  #: keep at most this many masks per image (best scores)
     output_divide_regions: bool = True  #: divide regions are masks too (source "divide")
+    max_side: int = 1024  #: masks are formed at most this large (long side), written at full size
 
 
 @dataclass
@@ -159,9 +167,14 @@ class Labeler:
         self._add("divide", t2 - t1)
         per_image_regions = []
         region_items: list[list[MaskItem]] = []
+        work = []
         for im, regs in zip(images, all_regions):
             h, w = im.shape[:2]
-            pix = self._region_pixels(regs, h, w)
+            sc = min(1.0, cfg.masks.max_side / max(h, w))
+            wh, ww = max(1, round(h * sc)), max(1, round(w * sc))
+            work.append((wh, ww))
+            sx, sy = w / ww, h / wh
+            pix = self._region_pixels(regs, wh, ww)
             items = []
             crops = []
             for r, m in zip(regs, pix):
@@ -171,9 +184,10 @@ class Labeler:
                 crop = m[box[1] : box[3], box[0] : box[2]]
                 score = float(np.clip(1.0 - r.ncut / 2.0, 0.0, 1.0))
                 items.append(MaskItem(box, crop, score, "divide", {"depth": r.depth, "lam": r.lam, "ncut": r.ncut}))
-                crops.append((box, crop))
+                sample = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+                crops.append((box, crop, sample))
             if cfg.conquer_whole_image:
-                crops.append(((0, 0, w, h), np.ones((h, w), bool)))
+                crops.append(((0, 0, ww, wh), np.ones((wh, ww), bool), (0, 0, w, h)))
             per_image_regions.append(crops)
             region_items.append(items)
         t3 = time.perf_counter()
@@ -181,7 +195,7 @@ class Labeler:
         conquered = conquer_batch(tens, per_image_regions, self.extractor, cfg.conquer, self.timings)
         out = []
         nlev = len(cfg.conquer.thresholds)
-        for im, items, found in zip(images, region_items, conquered):
+        for im, items, found, (wh, ww) in zip(images, region_items, conquered, work):
             h, w = im.shape[:2]
             if not cfg.masks.output_divide_regions:
                 items = []
@@ -189,7 +203,7 @@ class Labeler:
                 # Score: how many thresholds the cluster survives unchanged (stable segments first).
                 score = 0.25 + 0.75 * c.persistence / nlev
                 items.append(MaskItem(box, crop, score, "conquer", {"first_level": c.first_level}))
-            out.append(self._finish(items, im, h, w))
+            out.append(self._finish(items, im, h, w, (wh, ww)))
         return out
 
     def _region_pixels(self, regs: list[Region], h: int, w: int) -> list[np.ndarray]:
@@ -207,25 +221,39 @@ class Labeler:
             out.append(m)
         return out
 
-    def _finish(self, items: list[MaskItem], image: np.ndarray, h: int, w: int) -> list[dict]:
+    def _finish(self, items: list[MaskItem], image: np.ndarray, h: int, w: int, work_hw: tuple[int, int]) -> list[dict]:
+        """Masks at working resolution work_hw -> annotations at the image's h x w."""
         t0 = time.perf_counter()
         cfg = self.cfg.masks
-        min_area = max(cfg.min_area, cfg.min_area_frac * h * w)
+        full_h, full_w = h, w
+        h, w = work_hw
+        min_area = max(cfg.min_area, cfg.min_area_frac * full_h * full_w) * (h * w) / (full_h * full_w)
         items = [m for m in items if m.area >= min_area]
-        if self.cfg.refine == "edge" and items:
+        if not items:
+            self._add("masks", time.perf_counter() - t0)
+            return []
+        if self.cfg.refine == "edge":
             from unsam.refine import refine_masks
 
             items = refine_masks(image, items)
-        if cfg.clip_to_parent:
-            # Nest first (children clipped to parents), so NMS sees the final masks.
-            build_hierarchy(items, cfg.contain, clip=True)
-            items = [m for m in items if m.area >= min_area]
-        keep = mask_nms(items, cfg.nms_iou)[: cfg.max_masks]
-        items = [items[i] for i in keep]
-        parents, _ = build_hierarchy(items, cfg.contain, cfg.clip_to_parent)
+        # Nest first (children clipped to parents) so NMS sees the final masks; after NMS
+        # a mask whose parent went may get a new one: clip again until nothing changes.
+        inter = pairwise_intersections(items, h, w)
+        if cfg.clip_to_parent and clip_to_parents(items, parents_from_intersections(inter, cfg.contain)):
+            inter = pairwise_intersections(items, h, w)
+        scores = np.array([m.score for m in items])
+        keep = nms_from_intersections(inter, scores, cfg.nms_iou)[: cfg.max_masks]
+        for attempt in range(4):
+            items = [items[i] for i in keep]
+            inter = inter[np.ix_(keep, keep)]
+            parents = parents_from_intersections(inter, cfg.contain)
+            if not (cfg.clip_to_parent and clip_to_parents(items, parents)) or attempt == 3:
+                break
+            inter = pairwise_intersections(items, h, w)
+            keep = nms_from_intersections(inter, np.array([m.score for m in items]), cfg.nms_iou)
         items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou)
         t1 = time.perf_counter()
-        anns = to_annotations(items, parents, levels, h, w)
+        anns = to_annotations(items, parents, levels, full_h, full_w, work_hw=work_hw)
         self._add("masks", t1 - t0)
         self._add("output", time.perf_counter() - t1)
         return anns
