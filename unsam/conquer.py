@@ -70,6 +70,37 @@ def crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     return F.grid_sample(image.expand(r, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Rows of bilinear weights (align_corners=False, edge-clamped), as F.interpolate uses."""
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, None)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0).astype(np.float32)
+    m = np.zeros((n_out, n_in), np.float32)
+    np.add.at(m, (np.arange(n_out), i0), 1.0 - lam)
+    np.add.at(m, (np.arange(n_out), i1), lam)
+    return m
+
+
+def _spans(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each input index i: the output index range [lo, hi) with nonzero weight on i."""
+    nz = r > 0
+    lo = nz.argmax(0)
+    hi = nz.shape[0] - nz[::-1].argmax(0)
+    return lo, hi
+
+
+def upsample_masks(grids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Grid masks [K, g, g'] -> [K, height, width] bool: bilinear upsample, threshold 0.5.
+
+    Bilinear interpolation is separable, so it is two small matrix products
+    (Ry G Rx^T) per mask instead of a gather per output pixel.
+    """
+    ry = _interp_matrix(height, grids.shape[1])
+    rx = _interp_matrix(width, grids.shape[2])
+    return (ry @ grids @ rx.T) > 0.5
+
+
 def clusters_from_labels(labels: np.ndarray, region: int, min_size: int) -> list[Cluster]:
     """Distinct clusters of one region's labels [L, g, g] (ids = smallest member index).
 
@@ -151,18 +182,27 @@ def conquer_batch(
         clusters = clusters_from_labels(labels[j], ri, cfg.min_size)
         if not clusters:
             continue
-        grids = torch.from_numpy(np.stack([c.grid for c in clusters])).float()[:, None]
         bh, bw = y1 - y0, x1 - x0
-        # Upsample in chunks: K masks at box resolution can be large for big images.
-        chunk = max(1, int(2e7 // max(1, bh * bw)))
-        for s in range(0, len(clusters), chunk):
-            up = F.interpolate(grids[s : s + chunk], size=(bh, bw), mode="bilinear", align_corners=False)
-            up = (up[:, 0] > 0.5).numpy()
-            for c, m in zip(clusters[s : s + chunk], up):
-                area = np.count_nonzero(m)
-                if area == 0 or np.count_nonzero(m & region_crop) <= cfg.inside_frac * area:
-                    continue
-                out[ii].append((c, (x0, y0, x1, y1), m))
+        g_h, g_w = clusters[0].grid.shape
+        ry, rx = _interp_matrix(bh, g_h), _interp_matrix(bw, g_w)
+        # Output rows (cols) that grid row (col) i reaches: a cluster is upsampled over
+        # its own grid box only, so small clusters cost little in a large region.
+        ylo, yhi = _spans(ry)
+        xlo, xhi = _spans(rx)
+        for c in clusters:
+            gr = np.flatnonzero(c.grid.any(1))
+            gc = np.flatnonzero(c.grid.any(0))
+            r0, r1, c0, c1 = gr[0], gr[-1] + 1, gc[0], gc[-1] + 1
+            ya, yb, xa, xb = ylo[r0], yhi[r1 - 1], xlo[c0], xhi[c1 - 1]
+            m = (ry[ya:yb, r0:r1] @ c.grid[r0:r1, c0:c1].astype(np.float32) @ rx[xa:xb, c0:c1].T) > 0.5
+            area = np.count_nonzero(m)
+            if area == 0 or np.count_nonzero(m & region_crop[ya:yb, xa:xb]) <= cfg.inside_frac * area:
+                continue
+            rows, cols = m.any(1), m.any(0)
+            ta, tb = rows.argmax(), rows.size - rows[::-1].argmax()
+            la, lb = cols.argmax(), cols.size - cols[::-1].argmax()
+            box = (x0 + xa + int(la), y0 + ya + int(ta), x0 + xa + int(lb), y0 + ya + int(tb))
+            out[ii].append((c, box, np.ascontiguousarray(m[ta:tb, la:lb])))
     t3 = time.perf_counter()
     timings["features_conquer"] = timings.get("features_conquer", 0.0) + (t1 - t0)
     timings["merge"] = timings.get("merge", 0.0) + (t2 - t1)

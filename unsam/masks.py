@@ -137,47 +137,85 @@ def _clip_to(child: MaskItem, parent: MaskItem) -> None:
 
 
 
-def pairwise_intersections(items: list[MaskItem], height: int, width: int, max_pixels: int = 300_000) -> np.ndarray:
-    """All |a ∩ b| at once: [K, K] int64, via a sparse product of the masks' pixel sets.
+class Overlaps:
+    """All pairwise |a ∩ b| of a list of masks, kept up to date as masks change.
 
-    Every pixel costs (masks covering it)^2, so images above ``max_pixels`` are
-    sampled on a regular grid (every s-th row and column) and the counts scaled
-    by s^2: the NMS and containment decisions need ratios, not exact counts.
+    Computed as a sparse product of the masks' pixel sets (every pixel costs
+    (masks covering it)^2). Images above ``max_pixels`` are sampled on a regular
+    grid (every s-th row and column) and counts scaled by s^2: NMS and containment
+    decisions need ratios, not exact counts; the diagonal stays the exact areas.
+    After clipping some masks, ``update(rows)`` recomputes only their rows.
     """
-    import scipy.sparse
 
-    k = len(items)
-    if k == 0:
-        return np.zeros((0, 0), np.int64)
-    s = max(1, int(np.ceil(np.sqrt(height * width / max_pixels))))
-    gw = (width + s - 1) // s
-    gh = (height + s - 1) // s
-    indices = []
-    counts = np.zeros(k + 1, np.int64)
-    for i, m in enumerate(items):
+    def __init__(self, items: list[MaskItem], height: int, width: int, max_pixels: int = 300_000):
+        self.items = items
+        self.s = max(1, int(np.ceil(np.sqrt(height * width / max_pixels))))
+        self.gw = (width + self.s - 1) // self.s
+        self.npx = ((height + self.s - 1) // self.s) * self.gw
+        self.idx = [self._indices(m) for m in items]
+        self.inter = self._product(list(range(len(items))))
+
+    def _indices(self, m: MaskItem) -> np.ndarray:
         x0, y0 = m.box[0], m.box[1]
         crop = m.crop
-        if s > 1:  # sample the global grid rows/cols that fall inside the box
-            oy = (-y0) % s
-            ox = (-x0) % s
+        s = self.s
+        if s > 1:  # the global sampling grid's rows/cols inside the box
+            oy, ox = (-y0) % s, (-x0) % s
             crop = crop[oy::s, ox::s]
             y0, x0 = (y0 + oy) // s, (x0 + ox) // s
         ys, xs = np.nonzero(crop)
-        idx = (ys + y0).astype(np.int64) * gw + (xs + x0)
-        indices.append(idx)
-        counts[i + 1] = idx.size
-    indptr = np.cumsum(counts)
-    ind = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    mat = scipy.sparse.csr_matrix((np.ones(ind.size, np.int32), ind, indptr), shape=(k, gh * gw))
-    inter = (mat @ mat.T).toarray().astype(np.int64)
-    if s > 1:
-        # Scale sampled counts to pixels, keeping the diagonal equal to the true areas.
-        area = np.array([m.area for m in items], np.float64)
-        diag = np.maximum(np.diag(inter).astype(np.float64), 1.0)
-        scale = np.sqrt(np.outer(area / diag, area / diag))
-        inter = np.rint(inter * scale).astype(np.int64)
-        np.fill_diagonal(inter, area.astype(np.int64))
-    return inter
+        return (ys + y0).astype(np.int64) * self.gw + (xs + x0)
+
+    def _matrix(self, rows: list[int]):
+        import scipy.sparse
+
+        parts = [self.idx[i] for i in rows]
+        indptr = np.concatenate(([0], np.cumsum([p.size for p in parts]))).astype(np.int64)
+        ind = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return scipy.sparse.csr_matrix((np.ones(ind.size, np.int32), ind, indptr), shape=(len(rows), self.npx))
+
+    def _product(self, rows: list[int]) -> np.ndarray:
+        k = len(self.items)
+        if k == 0 or not rows:
+            return np.zeros((len(rows), k), np.int64)
+        everything = self._matrix(list(range(k)))
+        if len(rows) == k:
+            out = (everything @ everything.T.tocsr()).toarray().astype(np.int64)
+        else:  # transpose the few changed rows, not the whole matrix
+            out = (everything @ self._matrix(rows).T.tocsr()).toarray().T.astype(np.int64)
+        if self.s > 1:
+            area = np.array([m.area for m in self.items], np.float64)
+            raw = np.array([max(p.size, 1) for p in self.idx], np.float64)
+            f = np.sqrt(area / raw)
+            out = np.rint(out * f[rows][:, None] * f[None, :]).astype(np.int64)
+            out[np.arange(len(rows)), rows] = area[rows].astype(np.int64)
+        return out
+
+    def update(self, rows: list[int]) -> None:
+        """Masks ``rows`` changed (e.g. clipped): recompute their rows and columns."""
+        if not rows:
+            return
+        for i in rows:
+            self.idx[i] = self._indices(self.items[i])
+        sub = self._product(rows)
+        self.inter[rows, :] = sub
+        self.inter[:, rows] = sub.T
+
+    def subset(self, keep: list[int]) -> Overlaps:
+        """The overlaps of items[keep] (no recomputation)."""
+        new = object.__new__(Overlaps)
+        new.items = [self.items[i] for i in keep]
+        new.s, new.gw, new.npx = self.s, self.gw, self.npx
+        new.idx = [self.idx[i] for i in keep]
+        new.inter = self.inter[np.ix_(keep, keep)] if keep else np.zeros((0, 0), np.int64)
+        return new
+
+
+def pairwise_intersections(items: list[MaskItem], height: int, width: int, max_pixels: int = 300_000) -> np.ndarray:
+    """All |a ∩ b| at once: [K, K] int64 (see :class:`Overlaps`)."""
+    if not items:
+        return np.zeros((0, 0), np.int64)
+    return Overlaps(items, height, width, max_pixels).inter
 
 
 def nms_from_intersections(inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9) -> list[int]:
@@ -212,17 +250,18 @@ def parents_from_intersections(inter: np.ndarray, contain: float = 0.9) -> list[
     return [int(b) if ok[i, b] else -1 for i, b in enumerate(best)]
 
 
-def clip_to_parents(items: list[MaskItem], parents: list[int]) -> bool:
-    """Intersect every mask with its parent, roots first; True if any mask changed."""
+def clip_to_parents(items: list[MaskItem], parents: list[int]) -> list[int]:
+    """Intersect every mask with its parent, roots first; returns the indices that changed."""
     areas = [m.area for m in items]
-    changed = False
+    changed = []
     for i in sorted(range(len(items)), key=lambda j: -areas[j]):
         p = parents[i]
         if p >= 0:
-            before = items[i].area
+            before = items[i].crop
             _clip_to(items[i], items[p])
-            changed |= items[i].area != before
-    return changed
+            if not np.array_equal(before, items[i].crop):
+                changed.append(i)
+    return sorted(changed)
 
 
 def crop_to_rle(crop: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> dict:

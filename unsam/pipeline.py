@@ -15,10 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unsam.conquer import ConquerConfig, conquer_batch
+from unsam.conquer import ConquerConfig, conquer_batch, upsample_masks
 from unsam.divide import DivideConfig, Region, divide
 from unsam.masks import (
     MaskItem,
+    Overlaps,
     clip_to_parents,
     nms_from_intersections,
     pairwise_intersections,
@@ -105,8 +106,7 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
 
 def _grid_to_pixels(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """Divide-grid mask -> image mask (bilinear upsample, threshold 0.5)."""
-    t = torch.from_numpy(grid.astype(np.float32))[None, None]
-    return (F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
+    return upsample_masks(grid[None].astype(np.float32), height, width)[0]
 
 
 def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -235,22 +235,27 @@ class Labeler:
         if self.cfg.refine == "edge":
             from unsam.refine import refine_masks
 
-            items = refine_masks(image, items)
+            # Refine only what survives a first NMS (refinement is the costly step).
+            first = nms_from_intersections(
+                pairwise_intersections(items, h, w), np.array([m.score for m in items]), cfg.nms_iou
+            )
+            items = refine_masks(image, [items[i] for i in first], work_hw=(h, w))
+            items = [m for m in items if m.area >= min_area]
         # Nest first (children clipped to parents) so NMS sees the final masks; after NMS
         # a mask whose parent went may get a new one: clip again until nothing changes.
-        inter = pairwise_intersections(items, h, w)
-        if cfg.clip_to_parent and clip_to_parents(items, parents_from_intersections(inter, cfg.contain)):
-            inter = pairwise_intersections(items, h, w)
-        scores = np.array([m.score for m in items])
-        keep = nms_from_intersections(inter, scores, cfg.nms_iou)[: cfg.max_masks]
+        ov = Overlaps(items, h, w)
+        if cfg.clip_to_parent:
+            ov.update(clip_to_parents(items, parents_from_intersections(ov.inter, cfg.contain)))
+        keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou)[: cfg.max_masks]
         for attempt in range(4):
-            items = [items[i] for i in keep]
-            inter = inter[np.ix_(keep, keep)]
-            parents = parents_from_intersections(inter, cfg.contain)
-            if not (cfg.clip_to_parent and clip_to_parents(items, parents)) or attempt == 3:
+            ov = ov.subset(keep)
+            items = ov.items
+            parents = parents_from_intersections(ov.inter, cfg.contain)
+            changed = clip_to_parents(items, parents) if cfg.clip_to_parent else []
+            if not changed or attempt == 3:
                 break
-            inter = pairwise_intersections(items, h, w)
-            keep = nms_from_intersections(inter, np.array([m.score for m in items]), cfg.nms_iou)
+            ov.update(changed)
+            keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou)
         items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou)
         t1 = time.perf_counter()
         anns = to_annotations(items, parents, levels, full_h, full_w, work_hw=work_hw)
