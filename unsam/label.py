@@ -38,10 +38,11 @@ log = logging.getLogger("unsam.label")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = LabelConfig()  # the library's defaults, shown in the help (the CLI keeps none of its own)
     ap = argparse.ArgumentParser(
         prog="python -m unsam.label",
         description="Label a folder of images with hierarchical pseudo-masks (UnSAM, no human annotation).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Multi-GPU / multi-node: torchrun --nproc-per-node G -m unsam.label ... --gpu",
     )
     g = ap.add_argument_group("input and output")
     g.add_argument("--input", "-i", required=True, help="image folder (recursive), glob pattern, or text file of paths")
@@ -51,19 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="relabel images that already have a valid JSON")
     g = ap.add_argument_group("model and device")
     g.add_argument("--gpu", action="store_true", help="run on the GPU (cuda:LOCAL_RANK under torchrun)")
-    g.add_argument("--backbone", default=None, help="feature backbone (default: dino_vitb8; 'classic' needs no weights)")
+    g.add_argument("--backbone", default=None, help=f"feature backbone (default {d.backbone}; 'classic' needs no weights)")
     g.add_argument("--checkpoint", default=None, help="local weights file for the backbone (no download)")
     g.add_argument("--config", type=Path, default=None, help="YAML file overriding the library defaults")
     g = ap.add_argument_group("pipeline (override the config)")
-    g.add_argument("--divide-size", type=int, default=None, help="divide resolution (default 480)")
-    g.add_argument("--max-cuts", type=int, default=None, help="MaskCut cuts per image (default 6)")
+    g.add_argument("--divide-size", type=int, default=None, help=f"divide resolution, square (default {d.divide_size})")
+    g.add_argument("--max-cuts", type=int, default=None, help=f"MaskCut cuts per image (default {d.divide.max_cuts})")
     g.add_argument("--tau", type=float, default=None, help="affinity threshold (default: the backbone's)")
-    g.add_argument("--refine", choices=["none", "edge"], default=None, help="mask refinement (default none)")
-    g.add_argument("--max-masks", type=int, default=None, help="masks per image at most (default 1000)")
-    g.add_argument("--max-pixels", type=int, default=None, help="skip larger images (default 50e6)")
+    g.add_argument("--refine", choices=["none", "edge"], default=None, help=f"mask refinement (default {d.refine})")
+    g.add_argument("--max-masks", type=int, default=None, help=f"masks per image at most (default {d.masks.max_masks})")
+    g.add_argument("--max-pixels", type=int, default=None, help=f"skip larger images (default {d.max_pixels})")
     g = ap.add_argument_group("throughput")
-    g.add_argument("--batch-size", type=int, default=1, help="images per batch")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers (0: in the main process)")
+    g.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers, 0: in the main process (default 2)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the kernels (default: torch's)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
