@@ -112,41 +112,85 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def divide(feats: torch.Tensor, cfg: DivideConfig | None = None) -> list[Region]:
     """Divide one image into regions. feats [gh, gw, C] (any device) -> regions, in order found."""
-    cfg = cfg or DivideConfig()
     if feats.dim() != 3:
         raise ValueError(f"divide: feats should have shape [gh, gw, C], got {tuple(feats.shape)}")
-    gh, gw, c = feats.shape
+    return divide_batch(feats[None], cfg)[0]
+
+
+class _CutState:
+    """Per-image state of the MaskCut loop."""
+
+    def __init__(self, gh: int, gw: int):
+        self.covered = np.zeros((gh, gw), bool)
+        self.regions: list[Region] = []
+        self.prev: np.ndarray | None = None
+        self.failures = 0
+        self.done = False
+
+
+def divide_batch(feats: torch.Tensor, cfg: DivideConfig | None = None) -> list[list[Region]]:
+    """Divide several images at once: feats [B, gh, gw, C] -> regions per image.
+
+    The whole-image cuts of all images run in lockstep, one batched affinity and
+    one batched Lanczos call per cut (a GPU solves the batch as cheaply as one
+    graph); the bipartition rules run per image on the CPU (a 60 x 60 grid).
+    """
+    cfg = cfg or DivideConfig()
+    if feats.dim() != 4:
+        raise ValueError(f"divide_batch: feats should have shape [B, gh, gw, C], got {tuple(feats.shape)}")
+    nb, gh, gw, c = feats.shape
     n = gh * gw
-    if n < 2:
-        return []
-    bits, deg0 = affinity(feats.reshape(n, c), tau=cfg.tau, eps=cfg.eps)
-    regions: list[Region] = []
-    covered = np.zeros((gh, gw), bool)
-    x = None
-    prev = None
-    failures = 0
-    for _ in range(cfg.max_cuts):
-        if covered.mean() > 1 - cfg.min_area or len(regions) >= cfg.max_regions:
+    if n < 2 or nb == 0:
+        return [[] for _ in range(nb)]
+    bits_all, deg_all = affinity(feats.reshape(nb, n, c), tau=cfg.tau, eps=cfg.eps)
+    states = [_CutState(gh, gw) for _ in range(nb)]
+    x_all: torch.Tensor | None = None
+    for step in range(cfg.max_cuts):
+        for st in states:
+            if st.covered.mean() > 1 - cfg.min_area or len(st.regions) >= cfg.max_regions:
+                st.done = True
+        active = [i for i, st in enumerate(states) if not st.done]
+        if not active:
             break
-        keep = torch.from_numpy(~covered.reshape(-1)).to(bits.device)
-        b, d = (bits, deg0) if not covered.any() else mask_graph(bits, keep, cfg.eps)
-        x, lam, _ = lanczos_fiedler(b, d, eps=cfg.eps, tol=cfg.tol, max_iter=cfg.max_iter, x0=x)
-        xv = x.cpu().numpy().reshape(gh, gw)
-        mask, _ = bipartition(xv, ~covered)
-        too_small = mask.mean() <= cfg.min_area
-        duplicate = prev is not None and _iou(mask, prev) > cfg.max_prev_iou
-        if too_small or duplicate:
-            failures += 1
-            covered |= mask  # move on: the next cut must look elsewhere
-            if failures >= 2 or not mask.any():
-                break
-            continue
-        ncut = _ncut_value(b, d, mask.reshape(-1), cfg.eps)
-        regions.append(Region(mask, float(lam), ncut, 0, -1))
-        covered |= mask
-        prev = mask
+        ia = torch.tensor(active, device=bits_all.device)
+        bits, deg0 = bits_all.index_select(0, ia), deg_all.index_select(0, ia)
+        if step == 0:
+            b, d = bits, deg0
+        else:
+            keep = torch.from_numpy(np.stack([~states[i].covered.reshape(-1) for i in active])).to(bits.device)
+            b, d = mask_graph(bits, keep, cfg.eps)
+        x0 = None if x_all is None else x_all.index_select(0, ia.to(x_all.device))
+        x, lam, _ = lanczos_fiedler(b, d, eps=cfg.eps, tol=cfg.tol, max_iter=cfg.max_iter, x0=x0)
+        if x_all is None:
+            x_all = torch.zeros(nb, n, dtype=x.dtype, device=x.device)
+        x_all[ia.to(x.device)] = x
+        xs = x.cpu().numpy().reshape(len(active), gh, gw)
+        lams = lam.cpu().numpy()
+        for j, i in enumerate(active):
+            st = states[i]
+            mask, _ = bipartition(xs[j], ~st.covered)
+            too_small = mask.mean() <= cfg.min_area
+            duplicate = st.prev is not None and _iou(mask, st.prev) > cfg.max_prev_iou
+            if too_small or duplicate:
+                st.failures += 1
+                st.covered |= mask  # move on: the next cut must look elsewhere
+                if st.failures >= 2 or not mask.any():
+                    st.done = True
+                continue
+            ncut = _ncut_value(b[j], d[j], mask.reshape(-1), cfg.eps)
+            st.regions.append(Region(mask, float(lams[j]), ncut, 0, -1))
+            st.covered |= mask
+            st.prev = mask
+    return [_finish_regions(st, bits_all[i], cfg) for i, st in enumerate(states)]
+
+
+def _finish_regions(st: _CutState, bits: torch.Tensor, cfg: DivideConfig) -> list[Region]:
+    """Background parts and recursive cuts of one image (graph bits [N, W])."""
+    regions = st.regions
+    gh, gw = st.covered.shape
+    n = gh * gw
     if cfg.background_regions:
-        lab, k = scipy.ndimage.label(~covered, structure=_FOUR)
+        lab, k = scipy.ndimage.label(~st.covered, structure=_FOUR)
         for i in range(1, k + 1):
             m = lab == i
             if m.mean() > cfg.min_area and len(regions) < cfg.max_regions:

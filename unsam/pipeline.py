@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from unsam.conquer import ConquerConfig, conquer_batch, upsample_masks
-from unsam.divide import DivideConfig, Region, divide
+from unsam.divide import DivideConfig, Region, divide_batch
 from unsam.masks import (
     MaskItem,
     Overlaps,
@@ -162,7 +162,7 @@ class Labeler:
         self._sync()
         t1 = time.perf_counter()
         self._add("features_divide", t1 - t0)
-        all_regions: list[list[Region]] = [divide(feats[i], cfg.divide) for i in range(len(images))]
+        all_regions: list[list[Region]] = divide_batch(feats, cfg.divide)
         t2 = time.perf_counter()
         self._add("divide", t2 - t1)
         per_image_regions = []
