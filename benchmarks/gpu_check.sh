@@ -3,7 +3,12 @@
 # build with the machine's torch, run the `cuda` tests and the GPU benchmarks,
 # and leave everything under $OUT (results JSON named after the card).
 #
-#   device run:  bash benchmarks/gpu_check.sh        (timeout ~480 s)
+#   device run:  bash benchmarks/gpu_check.sh        (timeout ~480 s, carry [".whl"])
+#
+# The device image lacks pycocotools: first, here, in the repo root:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pycocotools==2.0.11
 set -uo pipefail
 OUT=${OUT:-/tmp/unsam-gpu-check}
 mkdir -p "$OUT"
