@@ -29,13 +29,13 @@ class DivideConfig:
 
     tau: float = 0.15  #: affinity threshold on cosine similarity
     eps: float = 1e-5  #: weight of non-edges (exact eps graph)
-    max_cuts: int = 6  #: MaskCut cuts on the whole image (published: 3)
+    max_cuts: int = 10  #: MaskCut cuts on the whole image (published: 3)
     min_area: float = 0.01  #: a region must cover more than this fraction of the patches
     max_prev_iou: float = 0.5  #: drop a cut whose IoU with the previous mask is above this
     background_regions: bool = True  #: uncovered connected parts become regions too
     recursive_depth: int = 2  #: cut regions again inside their own graph, this deep
     recursive_min_area: float = 0.04  #: only regions larger than this fraction are cut again
-    max_regions: int = 40  #: cap on regions per image
+    max_regions: int = 60  #: cap on regions per image
     tol: float = 1e-5  #: Lanczos residual tolerance
     max_iter: int = 200  #: Lanczos step cap
 

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--divide-size", type=int, default=None, help=f"divide resolution, square (default {d.divide_size})")
     g.add_argument("--max-cuts", type=int, default=None, help=f"MaskCut cuts per image (default {d.divide.max_cuts})")
     g.add_argument("--tau", type=float, default=None, help="affinity threshold (default: the backbone's)")
-    g.add_argument("--refine", choices=["none", "edge"], default=None, help=f"mask refinement (default {d.refine})")
+    g.add_argument("--refine", choices=["none", "edge", "snap"], default=None, help=f"mask refinement (default {d.refine})")
     g.add_argument("--max-masks", type=int, default=None, help=f"masks per image at most (default {d.masks.max_masks})")
     g.add_argument("--max-pixels", type=int, default=None, help=f"skip larger images (default {d.max_pixels})")
     g = ap.add_argument_group("throughput")

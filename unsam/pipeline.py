@@ -50,13 +50,14 @@ class LabelConfig:
     checkpoint: str | None = None
     divide_size: int = 480  #: image resized to this square for the divide stage (60 x 60 patches at /8)
     conquer_whole_image: bool = True  #: the whole image is conquered as one more region
+    whole_image_size: int | None = None  #: its crop size (None: conquer.size; larger = a finer grid)
     divide: DivideConfig = field(default_factory=DivideConfig)
     conquer: ConquerConfig = field(default_factory=ConquerConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
     tau: float | None = None  #: overrides divide.tau (None: backbone default)
     merge_thresholds: tuple[float, ...] | None = None  #: overrides conquer.thresholds (None: backbone default)
     max_pixels: int = 50_000_000  #: larger images are skipped (reason "too-large")
-    refine: str = "none"  #: "none" or "edge" (edge-aware majority refinement of mask borders)
+    refine: str = "none"  #: "none", "edge" (guided filter) or "snap" (to SLIC superpixels)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,8 +98,8 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
     thr = cfg.merge_thresholds if cfg.merge_thresholds is not None else spec.merge_thresholds
     cfg.conquer.thresholds = tuple(float(t) for t in thr)
     cfg.merge_thresholds = cfg.conquer.thresholds
-    if cfg.refine not in ("none", "edge"):
-        raise ValueError(f"config: refine should be 'none' or 'edge', got {cfg.refine!r}")
+    if cfg.refine not in ("none", "edge", "snap"):
+        raise ValueError(f"config: refine should be 'none', 'edge' or 'snap', got {cfg.refine!r}")
     if cfg.divide_size < 2 * spec.patch_size:
         raise ValueError(f"config: divide_size should be >= {2 * spec.patch_size}, got {cfg.divide_size}")
     return cfg
@@ -166,6 +167,7 @@ class Labeler:
         t2 = time.perf_counter()
         self._add("divide", t2 - t1)
         per_image_regions = []
+        whole_regions = []
         region_items: list[list[MaskItem]] = []
         work = []
         for im, regs in zip(images, all_regions):
@@ -186,13 +188,20 @@ class Labeler:
                 items.append(MaskItem(box, crop, score, "divide", {"depth": r.depth, "lam": r.lam, "ncut": r.ncut}))
                 sample = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
                 crops.append((box, crop, sample))
-            if cfg.conquer_whole_image:
-                crops.append(((0, 0, ww, wh), np.ones((wh, ww), bool), (0, 0, w, h)))
+            whole = ((0, 0, ww, wh), np.ones((wh, ww), bool), (0, 0, w, h))
+            if cfg.conquer_whole_image and not cfg.whole_image_size:
+                crops.append(whole)
             per_image_regions.append(crops)
+            whole_regions.append([whole])
             region_items.append(items)
         t3 = time.perf_counter()
         self._add("masks", t3 - t2)
         conquered = conquer_batch(tens, per_image_regions, self.extractor, cfg.conquer, self.timings)
+        if cfg.conquer_whole_image and cfg.whole_image_size:
+            # The whole image on a finer grid: the finest levels reach small objects.
+            wcfg = dataclasses.replace(cfg.conquer, size=cfg.whole_image_size)
+            for found, extra in zip(conquered, conquer_batch(tens, whole_regions, self.extractor, wcfg, self.timings)):
+                found.extend(extra)
         out = []
         nlev = len(cfg.conquer.thresholds)
         for im, items, found, (wh, ww) in zip(images, region_items, conquered, work):
@@ -232,14 +241,20 @@ class Labeler:
         if not items:
             self._add("masks", time.perf_counter() - t0)
             return []
-        if self.cfg.refine == "edge":
-            from unsam.refine import refine_masks
-
+        if self.cfg.refine != "none":
             # Refine only what survives a first NMS (refinement is the costly step).
             first = nms_from_intersections(
                 pairwise_intersections(items, h, w), np.array([m.score for m in items]), cfg.nms_iou
             )
-            items = refine_masks(image, [items[i] for i in first], work_hw=(h, w))
+            items = [items[i] for i in first]
+            if self.cfg.refine == "edge":
+                from unsam.refine import refine_masks
+
+                items = refine_masks(image, items, work_hw=(h, w))
+            else:
+                from unsam.superpixels import snap_masks
+
+                items = snap_masks(image, items, work_hw=(h, w))
             items = [m for m in items if m.area >= min_area]
         # Nest first (children clipped to parents) so NMS sees the final masks; after NMS
         # a mask whose parent went may get a new one: clip again until nothing changes.
