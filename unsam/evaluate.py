@@ -892,6 +892,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    sub.add_parser(
+        "points",
+        add_help=False,
+        help="point prompts: MaxIoU / OracleIoU of a promptable model (python -m unsam.evaluate points --help)",
+    )
     c = sub.add_parser(
         "coco", help="class-agnostic mask AR@10/100/N, AR small/medium/large, AP, AP50 (COCOeval, useCats=0)"
     )
@@ -935,6 +940,11 @@ def print_table(title: str, metrics: dict[str, Any], notes: Sequence[str]) -> No
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run an evaluation; returns the exit status (0 ok, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "points":  # point-prompt evaluation of a promptable model
+        from unsam.evaluate_points import main as points_main
+
+        return points_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     progress = not args.quiet and (sys.stderr.isatty() or os.environ.get("UNSAM_PROGRESS") == "1")

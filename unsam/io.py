@@ -72,7 +72,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
-SOURCES: frozenset[str] = frozenset({"divide", "conquer"})
+SOURCES: frozenset[str] = frozenset({"divide", "conquer", "model"})  # model: unsam.predict
 COCO_CATEGORY: dict[str, Any] = {"id": 1, "name": "fg", "supercategory": "fg"}
 
 _GLOB_CHARS = set("*?[")

@@ -1,0 +1,464 @@
+"""Training data: pseudo-label sets -> augmented fixed-size crops with their masks.
+
+Sources (:func:`load_records`):
+
+- a folder of per-image JSONs written by ``unsam.label`` (or ``unsam.predict``,
+  ``unsam.selftrain``); the images are found under ``image_root``, by default
+  the ``--input`` folder recorded in the folder's ``config.yaml``;
+- one COCO-style JSON (``unsam.export`` output, ``unsam.fuse`` output, or human
+  COCO / LVIS annotations): RLE or polygon segmentations, crowd regions skipped;
+  ``image_root`` defaults to the JSON's folder.
+
+Augmentation (:class:`MaskDataset`, training): scale jitter (the longer side
+becomes ``crop_size × U[scale_min, scale_max]``), a random ``crop_size`` square
+crop (zero padding where the image is smaller), horizontal flip; at most
+``max_masks`` masks per crop, drawn at random among those left visible. Masks
+are decoded one at a time and only inside the crop window, so SA-1B-size
+images with hundreds of masks cost one full mask of memory at a time.
+
+Every random choice of a sample comes from a generator seeded with (run seed,
+epoch, image index): a sample is the same whichever rank, worker or batch
+loads it, which makes DDP runs and resumed runs reproduce a single
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+
+from unsam.io import ImageError, load_image
+
+__all__ = [
+    "DatasetError",
+    "GlobalBatchSampler",
+    "MaskDataset",
+    "Record",
+    "collate",
+    "load_records",
+    "rle_areas",
+    "sample_seed",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A training or evaluation set cannot be used (missing, empty, malformed); the message names the file."""
+
+
+@dataclass
+class Record:
+    """One image of a label set: where it is and its annotations (RLE dicts, areas, boxes, levels)."""
+
+    image_id: int
+    file_name: str
+    path: Path
+    height: int
+    width: int
+    rles: list[dict] = field(default_factory=list)  # pycocotools-ready compressed RLEs
+    areas: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))  # x, y, w, h
+    levels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def _rle_of(seg: Any, h: int, w: int, where: str) -> dict:
+    if isinstance(seg, list):  # polygons
+        if not seg:
+            raise DatasetError(f"{where}: empty polygon list")
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if [int(v) for v in seg["size"]] != [h, w]:
+            raise DatasetError(f"{where}: segmentation size {seg['size']} != image [height, width] [{h}, {w}]")
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            return mask_utils.frPyObjects(seg, h, w)
+        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    raise DatasetError(f"{where}: segmentation should be RLE {{size, counts}} or polygons, got {type(seg).__name__}")
+
+
+def _record(img: dict, anns: list[dict], image_root: Path, where: str, min_area: int) -> Record:
+    try:
+        h, w = int(img["height"]), int(img["width"])
+        name = str(img["file_name"])
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"{where}: image entry needs file_name, width and height, got {img!r:.200}") from None
+    rles, levels = [], []
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict) or a.get("iscrowd", 0):
+            continue
+        rle = _rle_of(a.get("segmentation"), h, w, f"{where}: annotation {a.get('id', i)}")
+        rles.append(rle)
+        levels.append(int(a.get("level", 0) or 0))
+    areas = rle_areas(rles)
+    boxes = mask_utils.toBbox(rles).astype(np.float64) if rles else np.zeros((0, 4))
+    keep = areas >= max(1, min_area)
+    path = Path(name) if Path(name).is_absolute() else image_root / name
+    return Record(
+        image_id=int(img.get("image_id", img.get("id", 0)) or 0),
+        file_name=name,
+        path=path,
+        height=h,
+        width=w,
+        rles=[r for r, k in zip(rles, keep) if k],
+        areas=areas[keep],
+        boxes=boxes[keep].reshape(-1, 4),
+        levels=np.asarray(levels, np.int64)[keep] if rles else np.zeros(0, np.int64),
+    )
+
+
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """Areas of many compressed RLEs, ``int64[N]``.
+
+    In chunks: pycocotools' ``area`` on a list of more than 255 RLEs overflows a
+    uint8 under numpy 2 ("Python integer 288 out of bounds for uint8").
+    """
+    if not rles:
+        return np.zeros(0, np.int64)
+    return np.concatenate([np.asarray(mask_utils.area(rles[i : i + 200]), np.int64) for i in range(0, len(rles), 200)])
+
+
+def _image_root_of_label_dir(label_dir: Path) -> Path | None:
+    cfg = label_dir / "config.yaml"
+    if not cfg.is_file():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(cfg.read_text()) or {}
+        inp = (data.get("_run") or {}).get("input")
+    except (yaml.YAMLError, AttributeError, OSError):
+        return None
+    if not inp:
+        return None
+    p = Path(inp)
+    return p if p.is_dir() else p.parent
+
+
+def load_records(
+    source: str | os.PathLike[str],
+    image_root: str | os.PathLike[str] | None = None,
+    min_area: int = 1,
+    check_images: bool = True,
+    limit: int | None = None,
+) -> list[Record]:
+    """Read a label set: a folder of per-image JSONs or one COCO-style JSON.
+
+    Args:
+        source: folder (searched recursively for ``*.json``; ``config.json``,
+            ``summary.json`` and other non-label JSON ignored) or a COCO JSON file.
+        image_root: folder the ``file_name`` entries are relative to. Default: the
+            label folder's recorded ``--input`` (``config.yaml``), else the folder
+            itself; for a COCO file, the file's folder.
+        min_area: drop masks smaller than this many pixels.
+        check_images: raise if image files are missing (names the first few).
+        limit: read at most this many images (sorted order).
+
+    Returns:
+        the records, in sorted order (folder) or file order (COCO). Images with
+        no masks are kept (they teach "no object").
+
+    Raises:
+        DatasetError: missing source, no images, unreadable JSON, missing image files.
+    """
+    src = Path(source)
+    if not src.exists():
+        raise DatasetError(f"label set {src} does not exist (expected a folder of per-image JSONs or a COCO JSON file)")
+    records: list[Record] = []
+    if src.is_dir():
+        root = Path(image_root) if image_root is not None else (_image_root_of_label_dir(src) or src)
+        files = sorted((p for p in src.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(src).parts)), key=lambda p: p.relative_to(src).as_posix())
+        bad = 0
+        for f in files:
+            try:
+                obj = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                bad += 1
+                continue
+            if not (isinstance(obj, dict) and isinstance(obj.get("image"), dict) and isinstance(obj.get("annotations"), list)):
+                continue  # config.json, summary.json, a COCO export sitting in the folder...
+            records.append(_record(obj["image"], obj["annotations"], root, str(f), min_area))
+            if limit is not None and len(records) >= limit:
+                break
+        if bad:
+            log.warning("label set %s: skipped %d unreadable JSON file(s)", src, bad)
+        if not records:
+            raise DatasetError(f"label set {src} is empty: no per-image label JSON ({{image, annotations}}) found in it")
+    else:
+        root = Path(image_root) if image_root is not None else src.parent
+        try:
+            coco = json.loads(src.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"cannot read COCO JSON {src}: {e}") from None
+        if isinstance(coco, dict) and isinstance(coco.get("image"), dict):  # a single per-image JSON
+            records.append(_record(coco["image"], coco.get("annotations") or [], root, str(src), min_area))
+        else:
+            if not (isinstance(coco, dict) and isinstance(coco.get("images"), list) and isinstance(coco.get("annotations"), list)):
+                raise DatasetError(f"{src}: not a COCO-style JSON (needs 'images' and 'annotations' lists)")
+            by_img: dict[Any, list[dict]] = {}
+            for a in coco["annotations"]:
+                by_img.setdefault(a.get("image_id"), []).append(a)
+            for img in coco["images"]:
+                rec = _record(img, by_img.get(img.get("id"), []), root, f"{src} (image {img.get('id')})", min_area)
+                rec.image_id = int(img.get("id", 0))
+                records.append(rec)
+                if limit is not None and len(records) >= limit:
+                    break
+        if not records:
+            raise DatasetError(f"label set {src} is empty: it lists no images")
+    if check_images:
+        missing = [r.path for r in records if not r.path.is_file()]
+        if missing:
+            shown = ", ".join(str(m) for m in missing[:3]) + (f" ... ({len(missing)} in all)" if len(missing) > 3 else "")
+            raise DatasetError(
+                f"label set {src}: {len(missing)} of {len(records)} image files not found under image root {root}: {shown}. "
+                "Set data.image_root (--image-root) to the folder the labels' file_name entries are relative to."
+            )
+    return records
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The 62-bit seed of one sample's randomness (augmentation, clicks, loss points)."""
+    return int(np.random.default_rng([int(seed), int(epoch), int(index)]).integers(0, 2**62))
+
+
+class MaskDataset(torch.utils.data.Dataset):
+    """Augmented crops with their masks.
+
+    Args:
+        records: from :func:`load_records`.
+        crop_size: side of the square output (a multiple of the model's patch size).
+        train: random scale jitter, crop and flip; otherwise the longer side is
+            resized to ``crop_size`` (aspect kept), top-left aligned, zero padding.
+        scale_range: (min, max) of the jitter factor on "longer side = crop_size".
+        hflip: flip with probability 0.5 (train).
+        max_masks: at most this many masks per crop (random subset).
+        min_mask_area: drop masks with fewer pixels than this in the crop.
+        clicks: promptable training: clicks per crop (0: whole-image training).
+        max_click_targets: at most this many target masks per click (spread over
+            granularities, smallest to largest).
+        seed: run seed.
+
+    Items are indexed by ``(index, epoch)`` pairs (what :class:`GlobalBatchSampler`
+    yields) or plain ints (epoch 0). An item is a dict: ``image`` uint8 ``[3, S, S]``,
+    ``masks`` bool ``[K, S, S]``, ``valid`` (h, w) of the image inside the crop,
+    ``seed``, ``index``; with clicks also ``points`` float ``[P, 2]`` (x, y pixels) and
+    ``click_targets`` long ``[P, T]`` (indices into ``masks``, -1 padded).
+    """
+
+    def __init__(
+        self,
+        records: list[Record],
+        crop_size: int = 512,
+        train: bool = True,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip: bool = True,
+        max_masks: int = 200,
+        min_mask_area: int = 8,
+        clicks: int = 0,
+        max_click_targets: int = 12,
+        seed: int = 0,
+    ) -> None:
+        if not records:
+            raise DatasetError("dataset is empty (no records)")
+        if crop_size < 8:
+            raise ValueError(f"crop_size should be >= 8, got {crop_size}")
+        if not (0 < scale_range[0] <= scale_range[1]):
+            raise ValueError(f"scale_range should be (min, max) with 0 < min <= max, got {tuple(scale_range)}")
+        if max_masks < 1:
+            raise ValueError(f"max_masks should be >= 1, got {max_masks}")
+        self.records = records
+        self.crop_size = int(crop_size)
+        self.train = bool(train)
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.hflip = bool(hflip)
+        self.max_masks = int(max_masks)
+        self.min_mask_area = int(min_mask_area)
+        self.clicks = int(clicks)
+        self.max_click_targets = int(max_click_targets)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
+        rec = self.records[index]
+        seed = sample_seed(self.seed, epoch, index)
+        rng = np.random.default_rng(seed)
+        try:
+            img = load_image(rec.path)
+        except ImageError as e:
+            raise DatasetError(f"training image {rec.path}: {e}") from None
+        h0, w0 = img.shape[:2]
+        if (h0, w0) != (rec.height, rec.width):
+            raise DatasetError(f"{rec.path}: image is {w0}x{h0} but its labels say {rec.width}x{rec.height}")
+        s = self.crop_size
+        scale = s / max(h0, w0)
+        if self.train:
+            scale *= math.exp(rng.uniform(math.log(self.scale_range[0]), math.log(self.scale_range[1])))
+        sh, sw = max(1, round(h0 * scale)), max(1, round(w0 * scale))
+        ch, cw = min(s, sh), min(s, sw)
+        y0 = int(rng.integers(0, sh - ch + 1)) if self.train else 0
+        x0 = int(rng.integers(0, sw - cw + 1)) if self.train else 0
+        flip = self.train and self.hflip and bool(rng.random() < 0.5)
+        # Output pixel (i, j) of the window takes source pixel floor((y0 + i + 0.5) / scale_y):
+        # nearest-neighbour for masks, matching the bilinear resize of the image to within half a pixel.
+        ys = np.minimum(((y0 + np.arange(ch) + 0.5) * (h0 / sh)).astype(np.int64), h0 - 1)
+        xs = np.minimum(((x0 + np.arange(cw) + 0.5) * (w0 / sw)).astype(np.int64), w0 - 1)
+        if flip:
+            xs = xs[::-1]
+        image = torch.zeros(3, s, s, dtype=torch.uint8)
+        t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+        t = F.interpolate(t, size=(sh, sw), mode="bilinear", antialias=scale < 1, align_corners=False)[0]
+        t = t[:, y0 : y0 + ch, x0 : x0 + cw]
+        if flip:
+            t = t.flip(-1)
+        image[:, :ch, :cw] = t.round().clamp(0, 255).to(torch.uint8)
+
+        # Masks whose box meets the source window, in random order.
+        sy0, sy1, sx0, sx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        b = rec.boxes
+        meets = (b[:, 0] < sx1) & (b[:, 0] + b[:, 2] > sx0) & (b[:, 1] < sy1) & (b[:, 1] + b[:, 3] > sy0) if len(b) else np.zeros(0, bool)
+        # A mask cannot gain area by the resize: skip those that cannot reach min_mask_area
+        # (with a margin for nearest-neighbour rounding) without decoding them.
+        meets &= rec.areas * (sh * sw) / (h0 * w0) >= 0.5 * self.min_mask_area
+        cand = np.flatnonzero(meets)
+        cand = cand[rng.permutation(cand.size)]
+        item: dict[str, Any] = {"image": image, "valid": (ch, cw), "seed": seed, "index": index}
+        if self.clicks > 0:
+            masks, points, targets = self._clicks(rec, cand, ys, xs, rng)
+            item.update(points=points, click_targets=targets)
+        else:
+            masks = []
+            for i in cand:
+                m = self._decode(rec, i, ys, xs)
+                if m is not None:
+                    masks.append(m)
+                    if len(masks) >= self.max_masks:
+                        break
+        out = torch.zeros(len(masks), s, s, dtype=torch.bool)
+        for k, m in enumerate(masks):
+            out[k, :ch, :cw] = torch.from_numpy(m)
+        item["masks"] = out
+        return item
+
+    def _decode(self, rec: Record, i: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray | None:
+        full = mask_utils.decode(rec.rles[i])
+        m = full[ys[:, None], xs[None, :]].astype(bool)
+        return m if int(m.sum()) >= self.min_mask_area else None
+
+    def _clicks(self, rec: Record, cand: np.ndarray, ys: np.ndarray, xs: np.ndarray, rng: np.random.Generator):
+        """Clicks inside random masks, each with every visible mask that contains it as targets."""
+        from scipy.ndimage import distance_transform_edt
+
+        decoded: dict[int, np.ndarray] = {}
+        for i in cand:  # all visible masks: a click's targets can be any of them
+            m = self._decode(rec, int(i), ys, xs)
+            if m is not None:
+                decoded[int(i)] = m
+        keys = list(decoded)
+        p = self.clicks
+        points = torch.zeros(p, 2)
+        targets = torch.full((p, self.max_click_targets), -1, dtype=torch.long)
+        if not keys:
+            return [], points, targets
+        chosen = rng.choice(len(keys), size=p, replace=len(keys) < p)
+        used: dict[int, int] = {}  # record mask index -> output index
+        areas = {k: int(v.sum()) for k, v in decoded.items()}
+        for c, ki in enumerate(chosen):
+            m = decoded[keys[ki]]
+            # A click near the mask's centre: pixels drawn with weight (distance to the border)^2,
+            # so clicks avoid the fuzzy borders of pseudo-masks and stay inside non-convex shapes.
+            dt = distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+            w = (dt * dt).ravel()
+            flat = int(rng.choice(w.size, p=w / w.sum()))
+            y, x = divmod(flat, m.shape[1])
+            points[c] = torch.tensor([x + 0.5, y + 0.5])
+            holders = sorted((k for k in keys if decoded[k][y, x]), key=lambda k: (areas[k], k))
+            if len(holders) > self.max_click_targets:  # spread over granularities
+                pick = np.linspace(0, len(holders) - 1, self.max_click_targets).round().astype(int)
+                holders = [holders[j] for j in pick]
+            for t, k in enumerate(holders):
+                if k not in used:
+                    used[k] = len(used)
+                targets[c, t] = used[k]
+        masks = [decoded[k] for k in sorted(used, key=used.get)]
+        return masks, points, targets
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images; masks (different counts) stay a list."""
+    out: dict[str, Any] = {
+        "image": torch.stack([it["image"] for it in items]),
+        "masks": [it["masks"] for it in items],
+        "valid": [it["valid"] for it in items],
+        "seed": [it["seed"] for it in items],
+        "index": [it["index"] for it in items],
+    }
+    if "points" in items[0]:
+        out["points"] = torch.stack([it["points"] for it in items])
+        out["click_targets"] = [it["click_targets"] for it in items]
+    return out
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Endless stream of ``(index, epoch)`` for one rank; global batch k is the same for any world size.
+
+    Each epoch is a permutation of the dataset seeded with (seed, epoch), as in
+    ``DistributedSampler``; but where ``DistributedSampler`` gives rank r every
+    world-th sample (so the composition of a global batch depends on the world
+    size), here global batch k is samples ``[k·G, (k+1)·G)`` of the stream and rank
+    r takes the r-th contiguous share of it. Hence a 2-process DDP run sees exactly
+    the batches of a 1-process run with the same global batch, and a resumed run
+    starts at batch ``start_step`` without replaying the loader.
+
+    Use with ``DataLoader(dataset, batch_size=global_batch // world, sampler=...)``.
+    """
+
+    def __init__(self, size: int, global_batch: int, world_size: int = 1, rank: int = 0, seed: int = 0, start_step: int = 0, shuffle: bool = True) -> None:
+        if size < 1:
+            raise DatasetError("cannot sample from an empty dataset")
+        if global_batch < 1 or global_batch % world_size:
+            raise ValueError(f"global batch size {global_batch} should be a positive multiple of the world size {world_size}")
+        self.size, self.global_batch, self.world, self.rank = int(size), int(global_batch), int(world_size), int(rank)
+        self.local = self.global_batch // self.world
+        self.seed, self.start_step, self.shuffle = int(seed), int(start_step), bool(shuffle)
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm = torch.randperm(self.size, generator=g).numpy()
+            else:
+                perm = np.arange(self.size)
+            self._perm = (epoch, perm)
+        return self._perm[1]
+
+    def position(self, step: int, j: int) -> tuple[int, int]:
+        """(index, epoch) of the j-th local sample of global batch ``step``."""
+        s = step * self.global_batch + self.rank * self.local + j
+        epoch, pos = divmod(s, self.size)
+        return int(self._order(epoch)[pos]), int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step = self.start_step
+        while True:
+            for j in range(self.local):
+                yield self.position(step, j)
+            step += 1
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number for its length hint
+        return 2**62
