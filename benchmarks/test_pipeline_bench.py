@@ -33,6 +33,9 @@ CORE = ("divide", "merge", "masks", "output")
 
 def _dense_lanczos(bits, deg, eps=1e-5, tol=None, max_iter=None, x0=None):
     """Drop-in for lanczos_fiedler with the published solver (scipy's dense generalized eigh)."""
+    if bits.dim() == 3:  # batched: one dense solve per graph, as the published code would
+        outs = [_dense_lanczos(b, d, eps) for b, d in zip(bits, deg)]
+        return tuple(torch.stack([o[k] for o in outs]) for k in range(3))
     a = dense_affinity(bits, deg, eps).numpy()
     d = np.diag(a.sum(1))
     vals, vecs = scipy.linalg.eigh(d - a, d, subset_by_index=[1, 2])

@@ -47,6 +47,8 @@ class RegionMerger {
     version_.assign(n_, 0);
     parent_.resize(n_);
     nbrs_.assign(n_, {});
+    stamp_.assign(n_, 0);
+    tick_ = 0;
     heap_ = {};
     for (int64_t p = 0; p < n_; ++p) {
       parent_[p] = static_cast<int32_t>(p);
@@ -112,31 +114,46 @@ class RegionMerger {
     alive_[b] = 0;
     ++version_[a];
     ++version_[b];
-    // New neighbour list: union of both minus {a, b}; neighbours of b now point to a.
+    // New neighbour list: union of both minus {a, b}, deduplicated with a per-merge
+    // stamp (linear; sorting the list of a large cluster at every merge made big
+    // regions superlinear); neighbours of b now point to a. Push order does not
+    // matter: the heap's order alone decides the next merge.
+    ++tick_;
     std::vector<int32_t>& na = nbrs_[a];
     std::vector<int32_t>& nb = nbrs_[b];
-    for (int32_t q : nb) {
-      if (q == a) continue;
-      std::vector<int32_t>& nq = nbrs_[q];
-      for (auto& r : nq) {
-        if (r == b) r = a;
+    merged_.clear();
+    for (const std::vector<int32_t>* list : {&na, &nb}) {
+      for (int32_t q : *list) {
+        if (q == a || q == b || stamp_[q] == tick_) continue;
+        stamp_[q] = tick_;
+        merged_.push_back(q);
       }
-      na.push_back(q);
     }
+    na.swap(merged_);
     nb.clear();
     nb.shrink_to_fit();
-    std::sort(na.begin(), na.end());
-    na.erase(std::unique(na.begin(), na.end()), na.end());
-    na.erase(std::remove(na.begin(), na.end(), a), na.end());
     for (int32_t q : na) {
-      auto& nq = nbrs_[q];
-      std::sort(nq.begin(), nq.end());
-      nq.erase(std::unique(nq.begin(), nq.end()), nq.end());
+      std::vector<int32_t>& nq = nbrs_[q];
+      // q listed a, b or both: keep one entry, pointing to a.
+      bool seen = false;
+      size_t j = 0;
+      for (size_t i = 0; i < nq.size(); ++i) {
+        int32_t r = nq[i] == b ? a : nq[i];
+        if (r == a) {
+          if (seen) continue;
+          seen = true;
+        }
+        nq[j++] = r;
+      }
+      nq.resize(j);
       push(a, q);
     }
   }
 
   int64_t h_, w_, c_, n_;
+  uint32_t tick_ = 0;
+  std::vector<uint32_t> stamp_;
+  std::vector<int32_t> merged_;
   std::vector<double> sums_, norm2_;
   std::vector<uint8_t> alive_;
   std::vector<uint32_t> version_;
