@@ -125,17 +125,6 @@ def clusters_from_labels(labels: np.ndarray, region: int, min_size: int) -> list
     return out
 
 
-def region_boxes(masks: list[np.ndarray]) -> np.ndarray:
-    """Tight boxes (x0, y0, x1, y1), x1/y1 exclusive, of pixel masks; zero-size boxes for empty masks."""
-    out = np.zeros((len(masks), 4), np.int64)
-    for i, m in enumerate(masks):
-        ys = np.flatnonzero(m.any(1))
-        xs = np.flatnonzero(m.any(0))
-        if ys.size:
-            out[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
-    return out
-
-
 def conquer_batch(
     images: list[torch.Tensor],
     regions: list[list[tuple]],

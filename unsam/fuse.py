@@ -165,17 +165,10 @@ def _fuse_coco(coco: dict, pmap, output: Path, iou: float, stats: dict) -> dict[
         stats["images"] += 1
         hum = by.get(img["id"], [])
         stats["human_masks"] += len(hum)
-        m = _match(pmap, img["file_name"])
-        if m is None:
+        found = _fuse_one(img, hum, pmap, iou, stats)
+        if found is None:
             continue
-        stats["matched_images"] += 1
-        h, w = int(img["height"]), int(img["width"])
-        panns = m[1]
-        stats["pseudo_masks"] += len(panns)
-        try:
-            idx = fuse_image([a["segmentation"] for a in hum], [a["segmentation"] for a in panns], h, w, iou)
-        except FuseError as e:
-            raise FuseError(f"image {img['file_name']}: {e}") from None
+        panns, idx, h, w = found
         for i in idx:
             added.append(_pseudo_record(panns[i], _to_rle(panns[i]["segmentation"], h, w), next_id, img["id"], pseudo_cat))
             next_id += 1
@@ -186,6 +179,23 @@ def _fuse_coco(coco: dict, pmap, output: Path, iou: float, stats: dict) -> dict[
     return stats
 
 
+def _fuse_one(img: dict, hum: list[dict], pmap, iou: float, stats: dict):
+    """The pseudo-masks of one image to add: (pseudo annotations, kept indices, h, w), or None
+    when no pseudo-label file matches the image. Counts into ``stats``."""
+    m = _match(pmap, img.get("file_name", ""))
+    if m is None:
+        return None
+    stats["matched_images"] += 1
+    h, w = int(img["height"]), int(img["width"])
+    panns = m[1]
+    stats["pseudo_masks"] += len(panns)
+    try:
+        idx = fuse_image([a["segmentation"] for a in hum], [a["segmentation"] for a in panns], h, w, iou)
+    except FuseError as e:
+        raise FuseError(f"image {img.get('file_name')}: {e}") from None
+    return panns, idx, h, w
+
+
 def _fuse_sa1b(objs: list[tuple[str, dict]], pmap, output: Path, iou: float, stats: dict) -> dict[str, int]:
     output.mkdir(parents=True, exist_ok=True)
     for rel, obj in objs:
@@ -194,16 +204,9 @@ def _fuse_sa1b(objs: list[tuple[str, dict]], pmap, output: Path, iou: float, sta
         hum = obj.get("annotations") or []
         stats["human_masks"] += len(hum)
         anns = list(hum)
-        m = _match(pmap, img.get("file_name", ""))
-        if m is not None:
-            stats["matched_images"] += 1
-            h, w = int(img["height"]), int(img["width"])
-            panns = m[1]
-            stats["pseudo_masks"] += len(panns)
-            try:
-                idx = fuse_image([a["segmentation"] for a in hum], [a["segmentation"] for a in panns], h, w, iou)
-            except FuseError as e:
-                raise FuseError(f"image {img.get('file_name')}: {e}") from None
+        found = _fuse_one(img, hum, pmap, iou, stats)
+        if found is not None:
+            panns, idx, h, w = found
             next_id = max([int(a.get("id", 0)) for a in hum] + [0]) + 1
             for k, i in enumerate(idx):
                 anns.append(_pseudo_record(panns[i], _to_rle(panns[i]["segmentation"], h, w), next_id + k, img.get("image_id"), None))

@@ -13,7 +13,6 @@ The library holds every default (``unsam.pipeline.LabelConfig``); the CLI and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
