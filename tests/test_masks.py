@@ -7,6 +7,8 @@ from pycocotools import mask as mask_utils
 from unsam.conquer import clusters_from_labels, crop_resize
 from unsam.masks import (
     MaskItem,
+    Overlaps,
+    _clip_to,
     build_hierarchy,
     crop_to_rle,
     intersection,
@@ -72,15 +74,29 @@ def _items(seed, k=25, h=40, w=50):
     return out
 
 
-def test_pairwise_intersections_exact_and_sampled():
-    items = _items(0)
-    inter = pairwise_intersections(items, 40, 50)
+def test_pairwise_intersections_exact():
+    for seed in range(3):
+        items = _items(seed)
+        inter = pairwise_intersections(items, 40, 50)
+        ref = np.array([[intersection(a, b) for b in items] for a in items])
+        assert np.array_equal(inter, ref)
+
+
+def test_overlaps_update_after_clipping_and_after_any_change():
+    items = _items(1)
+    ov = Overlaps(items, 40, 50)
+    # Clip mask 2 to mask 3 (stays a union of cells), and change mask 4 arbitrarily.
+    _clip_to(items[2], items[3])
+    ov.update([2])
     ref = np.array([[intersection(a, b) for b in items] for a in items])
-    assert np.array_equal(inter, ref)
-    approx = pairwise_intersections(items, 40, 50, max_pixels=600)
-    assert np.array_equal(np.diag(approx), np.diag(ref))
-    big = ref > 200
-    assert np.all(np.abs(approx[big] - ref[big]) <= 0.25 * ref[big])
+    assert np.array_equal(ov.inter, ref)
+    items[4].crop = ~items[4].crop
+    items[4].crop[0, 0] = True
+    ov.update([4])
+    ref = np.array([[intersection(a, b) for b in items] for a in items])  # not a union of the old cells: rebuilt from scratch
+    assert np.array_equal(ov.inter, ref)
+    sub = ov.subset([4, 2, 0])
+    assert np.array_equal(sub.inter, ref[np.ix_([4, 2, 0], [4, 2, 0])])
 
 
 def test_vectorised_nms_and_parents_match_the_pairwise_versions():

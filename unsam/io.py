@@ -21,7 +21,7 @@ Per-image JSON layout (ALGORITHM.md §4)::
      "annotations": [{"id": int, "area": int, "bbox": [x, y, w, h],
                       "segmentation": {"size": [H, W], "counts": str},
                       "level": int, "parent_id": int | None, "score": float,
-                      "source": "divide" | "conquer", ...optional extras}]}
+                      "source": "divide" | "conquer" | "atoms", ...optional extras}]}
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
-SOURCES: frozenset[str] = frozenset({"divide", "conquer", "model"})  # model: unsam.predict
+SOURCES: frozenset[str] = frozenset({"divide", "conquer", "atoms", "model"})  # atoms: unsam.atoms; model: unsam.predict
 COCO_CATEGORY: dict[str, Any] = {"id": 1, "name": "fg", "supercategory": "fg"}
 
 _GLOB_CHARS = set("*?[")
@@ -538,7 +538,7 @@ def annotation_record(
         level: granularity index.
         parent_id: id of the smallest mask containing this one, or ``None`` for a root.
         score: confidence.
-        source: ``"divide"`` or ``"conquer"``.
+        source: ``"divide"``, ``"conquer"`` or ``"atoms"``.
         area, bbox: computed from the RLE when omitted.
         extra: optional fields (e.g. ``predicted_iou``, ``ncut``), numpy scalars
             converted to Python numbers.
@@ -575,7 +575,7 @@ def validate_label_json(obj: Any, check_masks: bool = False) -> list[str]:
 
     Checks the layout of the module docstring: types, ``segmentation.size ==
     [height, width]``, unique ids, ``parent_id`` naming another annotation of
-    the same image, ``source`` in {divide, conquer}. With ``check_masks`` the
+    the same image, ``source`` in {divide, conquer, atoms, model}. With ``check_masks`` the
     RLEs are also decoded (via pycocotools' area/bbox) and compared with the
     stored ``area`` and ``bbox``.
     """
@@ -641,7 +641,7 @@ def validate_label_json(obj: Any, check_masks: bool = False) -> list[str]:
         if not _is_num(a.get("score")):
             problems.append(f"{where}.score should be a finite number, got {a.get('score')!r}")
         if a.get("source") not in SOURCES:
-            problems.append(f"{where}.source should be 'divide' or 'conquer', got {a.get('source')!r}")
+            problems.append(f"{where}.source should be one of {', '.join(sorted(SOURCES))}, got {a.get('source')!r}")
     for i, a in enumerate(anns):
         if isinstance(a, dict) and _is_int(a.get("parent_id")):
             if a["parent_id"] not in ids:

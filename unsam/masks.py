@@ -140,63 +140,81 @@ def _clip_to(child: MaskItem, parent: MaskItem) -> None:
 class Overlaps:
     """All pairwise |a ∩ b| of a list of masks, kept up to date as masks change.
 
-    Computed as a sparse product of the masks' pixel sets (every pixel costs
-    (masks covering it)^2). Images above ``max_pixels`` are sampled on a regular
-    grid (every s-th row and column) and counts scaled by s^2: NMS and containment
-    decisions need ratios, not exact counts; the diagonal stays the exact areas.
-    After clipping some masks, ``update(rows)`` recomputes only their rows.
+    Computed on **cells**, the common refinement of the masks: pixels covered by
+    exactly the same masks form one cell (found in one pass by summing a random
+    64-bit key per mask over its pixels; two different cover sets collide with
+    probability about cells^2 / 2^64). Every mask is a union of cells, so
+    |a ∩ b| is a sparse product over cells weighted by their areas, each cell
+    costing (masks holding it)^2, instead of over pixels: a nested hierarchy of
+    3000 masks on a 640 x 480 image has ~10^4 cells for 3 x 10^5 pixels
+    (25 s -> well under a second here). Exact, at any image size.
+
+    Clipping a mask to another one of the set keeps it a union of cells, so
+    ``update(rows)`` only re-reads the changed masks' cells (any other change
+    falls back to recomputing the cells from scratch).
     """
 
-    def __init__(self, items: list[MaskItem], height: int, width: int, max_pixels: int = 300_000):
+    def __init__(self, items: list[MaskItem], height: int, width: int):
         self.items = items
-        self.s = max(1, int(np.ceil(np.sqrt(height * width / max_pixels))))
-        self.gw = (width + self.s - 1) // self.s
-        self.npx = ((height + self.s - 1) // self.s) * self.gw
-        self.idx = [self._indices(m) for m in items]
+        self.height, self.width = height, width
+        self._build_cells()
+        self.cells = [self._cells_of(m) for m in items]
         self.inter = self._product(list(range(len(items))))
 
-    def _indices(self, m: MaskItem) -> np.ndarray:
-        x0, y0 = m.box[0], m.box[1]
-        crop = m.crop
-        s = self.s
-        if s > 1:  # the global sampling grid's rows/cols inside the box
-            oy, ox = (-y0) % s, (-x0) % s
-            crop = crop[oy::s, ox::s]
-            y0, x0 = (y0 + oy) // s, (x0 + ox) // s
-        ys, xs = np.nonzero(crop)
-        return (ys + y0).astype(np.int64) * self.gw + (xs + x0)
+    def _build_cells(self) -> None:
+        keys = np.random.default_rng(0x5EED).integers(0, np.iinfo(np.uint64).max, size=len(self.items), dtype=np.uint64, endpoint=True)
+        code = np.zeros((self.height, self.width), np.uint64)
+        for m, k in zip(self.items, keys):
+            x0, y0, x1, y1 = m.box
+            view = code[y0:y1, x0:x1]
+            view[m.crop] += k  # wraps modulo 2^64
+        _, first, inv = np.unique(code.ravel(), return_index=True, return_inverse=True)
+        self.cell_area = np.bincount(inv.ravel()).astype(np.int64)
+        order = np.argsort(first, kind="stable")  # representatives in raster order
+        rep = first[order]
+        self.rep_cell = order
+        self.rep_y = rep // self.width
+        self.rep_x = rep % self.width
 
-    def _matrix(self, rows: list[int]):
+    def _cells_of(self, m: MaskItem) -> np.ndarray:
+        """Cells of a mask: those whose representative pixel the mask covers."""
+        x0, y0, x1, y1 = m.box
+        lo, hi = np.searchsorted(self.rep_y, [y0, y1])
+        ys, xs = self.rep_y[lo:hi], self.rep_x[lo:hi]
+        inbox = (xs >= x0) & (xs < x1)
+        sel = np.flatnonzero(inbox)
+        hit = m.crop[ys[sel] - y0, xs[sel] - x0]
+        return self.rep_cell[lo:hi][sel[hit]]
+
+    def _matrix(self, rows: list[int], weighted: bool):
         import scipy.sparse
 
-        parts = [self.idx[i] for i in rows]
+        parts = [self.cells[i] for i in rows]
         indptr = np.concatenate(([0], np.cumsum([p.size for p in parts]))).astype(np.int64)
         ind = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        return scipy.sparse.csr_matrix((np.ones(ind.size, np.int32), ind, indptr), shape=(len(rows), self.npx))
+        data = self.cell_area[ind] if weighted else np.ones(ind.size, np.int64)
+        return scipy.sparse.csr_matrix((data, ind, indptr), shape=(len(rows), self.cell_area.size))
 
     def _product(self, rows: list[int]) -> np.ndarray:
         k = len(self.items)
         if k == 0 or not rows:
             return np.zeros((len(rows), k), np.int64)
-        everything = self._matrix(list(range(k)))
-        if len(rows) == k:
-            out = (everything @ everything.T.tocsr()).toarray().astype(np.int64)
-        else:  # transpose the few changed rows, not the whole matrix
-            out = (everything @ self._matrix(rows).T.tocsr()).toarray().T.astype(np.int64)
-        if self.s > 1:
-            area = np.array([m.area for m in self.items], np.float64)
-            raw = np.array([max(p.size, 1) for p in self.idx], np.float64)
-            f = np.sqrt(area / raw)
-            out = np.rint(out * f[rows][:, None] * f[None, :]).astype(np.int64)
-            out[np.arange(len(rows)), rows] = area[rows].astype(np.int64)
-        return out
+        left = self._matrix(rows, weighted=True)
+        right = self._matrix(list(range(k)), weighted=False)
+        return (left @ right.T.tocsc()).toarray().astype(np.int64)
 
     def update(self, rows: list[int]) -> None:
         """Masks ``rows`` changed (e.g. clipped): recompute their rows and columns."""
         if not rows:
             return
         for i in rows:
-            self.idx[i] = self._indices(self.items[i])
+            self.cells[i] = self._cells_of(self.items[i])
+        if any(int(self.cell_area[self.cells[i]].sum()) != self.items[i].area for i in rows):
+            # Not a union of the current cells (changed by something other than clipping).
+            self._build_cells()
+            self.cells = [self._cells_of(m) for m in self.items]
+            self.inter = self._product(list(range(len(self.items))))
+            return
         sub = self._product(rows)
         self.inter[rows, :] = sub
         self.inter[:, rows] = sub.T
@@ -205,17 +223,18 @@ class Overlaps:
         """The overlaps of items[keep] (no recomputation)."""
         new = object.__new__(Overlaps)
         new.items = [self.items[i] for i in keep]
-        new.s, new.gw, new.npx = self.s, self.gw, self.npx
-        new.idx = [self.idx[i] for i in keep]
+        new.height, new.width = self.height, self.width
+        new.cell_area, new.rep_cell, new.rep_y, new.rep_x = self.cell_area, self.rep_cell, self.rep_y, self.rep_x
+        new.cells = [self.cells[i] for i in keep]
         new.inter = self.inter[np.ix_(keep, keep)] if keep else np.zeros((0, 0), np.int64)
         return new
 
 
-def pairwise_intersections(items: list[MaskItem], height: int, width: int, max_pixels: int = 300_000) -> np.ndarray:
+def pairwise_intersections(items: list[MaskItem], height: int, width: int) -> np.ndarray:
     """All |a ∩ b| at once: [K, K] int64 (see :class:`Overlaps`)."""
     if not items:
         return np.zeros((0, 0), np.int64)
-    return Overlaps(items, height, width, max_pixels).inter
+    return Overlaps(items, height, width).inter
 
 
 def nms_from_intersections(inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9) -> list[int]:

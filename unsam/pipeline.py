@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unsam.atoms import AtomConfig, atom_masks
 from unsam.conquer import ConquerConfig, conquer_batch, upsample_masks
 from unsam.divide import DivideConfig, Region, divide_batch
 from unsam.masks import (
@@ -53,6 +54,8 @@ class LabelConfig:
     whole_image_size: int | None = None  #: its crop size (None: 1024 for classic, else conquer.size)
     divide: DivideConfig = field(default_factory=DivideConfig)
     conquer: ConquerConfig = field(default_factory=ConquerConfig)
+    conquer_regions: bool = True  #: conquer each divide region on its patch grid (UnSAM's conquer)
+    atoms: AtomConfig = field(default_factory=AtomConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
     tau: float | None = None  #: overrides divide.tau (None: backbone default)
     merge_thresholds: tuple[float, ...] | None = None  #: overrides conquer.thresholds (None: backbone default)
@@ -69,7 +72,8 @@ def config_from_dict(d: dict[str, Any], base: LabelConfig | None = None) -> Labe
     cfg.divide = dataclasses.replace(cfg.divide)
     cfg.conquer = dataclasses.replace(cfg.conquer)
     cfg.masks = dataclasses.replace(cfg.masks)
-    nested = {"divide": cfg.divide, "conquer": cfg.conquer, "masks": cfg.masks}
+    cfg.atoms = dataclasses.replace(cfg.atoms)
+    nested = {"divide": cfg.divide, "conquer": cfg.conquer, "atoms": cfg.atoms, "masks": cfg.masks}
     top = {f.name for f in dataclasses.fields(LabelConfig)}
     for k, v in (d or {}).items():
         if k in nested:
@@ -98,6 +102,8 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
     thr = cfg.merge_thresholds if cfg.merge_thresholds is not None else spec.merge_thresholds
     cfg.conquer.thresholds = tuple(float(t) for t in thr)
     cfg.merge_thresholds = cfg.conquer.thresholds
+    if cfg.atoms.w_feat is None:
+        cfg.atoms.w_feat = float(spec.atom_w_feat)
     if cfg.refine not in ("none", "edge", "snap"):
         raise ValueError(f"config: refine should be 'none', 'edge' or 'snap', got {cfg.refine!r}")
     if cfg.whole_image_size is None and spec.family == "classic":
@@ -113,6 +119,15 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
 def _grid_to_pixels(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """Divide-grid mask -> image mask (bilinear upsample, threshold 0.5)."""
     return upsample_masks(grid[None].astype(np.float32), height, width)[0]
+
+
+def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """[H, W, 3] uint8 at h x w (antialiased bilinear; the image itself when the size matches)."""
+    if image.shape[:2] == (h, w):
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -192,7 +207,8 @@ class Labeler:
                 score = float(np.clip(1.0 - r.ncut / 2.0, 0.0, 1.0))
                 items.append(MaskItem(box, crop, score, "divide", {"depth": r.depth, "lam": r.lam, "ncut": r.ncut}))
                 sample = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
-                crops.append((box, crop, sample))
+                if cfg.conquer_regions:
+                    crops.append((box, crop, sample))
             whole = ((0, 0, ww, wh), np.ones((wh, ww), bool), (0, 0, w, h))
             if cfg.conquer_whole_image and not cfg.whole_image_size:
                 crops.append(whole)
@@ -209,7 +225,7 @@ class Labeler:
                 found.extend(extra)
         out = []
         nlev = len(cfg.conquer.thresholds)
-        for im, items, found, (wh, ww) in zip(images, region_items, conquered, work):
+        for i, (im, items, found, (wh, ww)) in enumerate(zip(images, region_items, conquered, work)):
             h, w = im.shape[:2]
             if not cfg.masks.output_divide_regions:
                 items = []
@@ -217,6 +233,8 @@ class Labeler:
                 # Score: how many thresholds the cluster survives unchanged (stable segments first).
                 score = 0.25 + 0.75 * c.persistence / nlev
                 items.append(MaskItem(box, crop, score, "conquer", {"first_level": c.first_level}))
+            if cfg.atoms.enabled:
+                items.extend(atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats[i], self.timings))
             out.append(self._finish(items, im, h, w, (wh, ww)))
         return out
 

@@ -1,0 +1,259 @@
+"""Pixel-accurate atoms and their merge hierarchy (``torch.ops.unsam.graph_segment``,
+``torch.ops.unsam.merge_graph``), with slow references beside them.
+
+Both are host ops: a region adjacency graph of a few thousand atoms is
+latency-bound pointer chasing that a GPU does not speed up, so CUDA inputs are
+moved to the CPU (the outputs come back on the input's device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from unsam.kernels._ext import check_finite, load, ops
+
+load()
+
+__all__ = [
+    "graph_segment",
+    "graph_segment_reference",
+    "merge_graph",
+    "merge_graph_reference",
+    "adjacent_pairs",
+]
+
+
+def _scales(ks: float | Sequence[float], op: str) -> list[float]:
+    vals = [float(ks)] if np.isscalar(ks) else [float(k) for k in ks]
+    if not vals:
+        raise ValueError(f"{op}: ks should be a number or a non-empty sequence, got {ks!r}")
+    for k in vals:
+        if not np.isfinite(k) or k < 0:
+            raise ValueError(f"{op}: every k should be finite and >= 0, got {ks!r}")
+    return vals
+
+
+def _image(image, op: str) -> torch.Tensor:
+    t = torch.as_tensor(image)
+    if t.dim() == 2:
+        t = t.unsqueeze(-1)
+    if t.dim() != 3:
+        raise ValueError(f"{op}: image should have shape [H, W] or [H, W, C], got {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{op}: image should be real-valued, got dtype {t.dtype}")
+    t = t.float()
+    check_finite(t, "image", op)
+    return t
+
+
+def graph_segment(image, ks: float | Sequence[float] = 100.0, min_size: int = 20, sigma: float = 0.8) -> torch.Tensor:
+    """Felzenszwalb–Huttenlocher segmentation at one or several scales (one sort for all).
+
+    Args:
+        image ([H, W, C] or [H, W], uint8 or float): pixel values on the 0-255 scale
+            (k is in those units, as in the FH paper and scikit-image's ``scale``).
+        ks: FH's k, one or several (larger: larger segments).
+        min_size: components smaller than this many pixels join a neighbour.
+        sigma: Gaussian pre-smoothing of each channel (0: none).
+
+    Returns:
+        labels (Tensor[H, W] int64, or [S, H, W] for a sequence of ks): 0..n-1, raster
+        order of each segment's first pixel; on the input's device.
+    """
+    op = "graph_segment"
+    single = np.isscalar(ks)
+    vals = _scales(ks, op)
+    if int(min_size) != min_size or min_size < 0:
+        raise ValueError(f"{op}: min_size should be an integer >= 0, got {min_size!r}")
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"{op}: sigma should be finite and >= 0, got {sigma!r}")
+    device = image.device if isinstance(image, torch.Tensor) else torch.device("cpu")
+    t = _image(image.cpu() if isinstance(image, torch.Tensor) else image, op)
+    if sigma > 0:
+        from scipy.ndimage import gaussian_filter
+
+        t = torch.from_numpy(gaussian_filter(t.numpy(), sigma=(sigma, sigma, 0), mode="reflect"))
+    out = ops().graph_segment(t.contiguous(), vals, int(min_size))
+    out = out[0] if single else out
+    return out.to(device)
+
+
+def merge_graph(
+    hist: torch.Tensor,
+    area: torch.Tensor,
+    edges: torch.Tensor,
+    feats: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    w_hist: float = 1.0,
+    w_feat: float = 0.0,
+    w_size: float = 0.5,
+    w_fill: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy agglomeration of a region adjacency graph to the end (a dendrogram).
+
+    similarity(a, b) = w_hist * histogram intersection (each histogram normalised)
+    + w_feat * cosine of summed features + w_size * (1 - (area_a + area_b) / A)
+    + w_fill * (1 - (box(a u b) - area_a - area_b) / A); the most similar adjacent
+    pair merges first (ties: the smallest (a, b)); a merge adds histograms,
+    features and areas and unites boxes.
+
+    Args:
+        hist (Tensor[N, B]): per-node histogram counts.
+        area (Tensor[N]): per-node pixel counts.
+        edges (Tensor[E, 2] int): adjacent pairs (any order; duplicates ignored).
+        feats (Tensor[N, C], optional): summed features (needed when w_feat != 0).
+        boxes (Tensor[N, 4] int, optional): x0, y0, x1, y1 (needed when w_fill != 0).
+
+    Returns:
+        merges (Tensor[M, 2] int64): merge i makes node N + i from (a, b), a < b.
+        sims (Tensor[M] float64): the similarity at which each merge happened.
+    """
+    op = "merge_graph"
+    device = hist.device
+    hist = torch.as_tensor(hist).cpu().float()
+    if hist.dim() != 2:
+        raise ValueError(f"{op}: hist should have shape [N, B], got {tuple(hist.shape)}")
+    n = hist.shape[0]
+    area = torch.as_tensor(area).cpu().double()
+    edges = torch.as_tensor(edges).cpu()
+    if edges.numel() == 0:
+        edges = edges.reshape(0, 2)
+    if edges.is_floating_point():
+        raise TypeError(f"{op}: edges should be an integer tensor, got dtype {edges.dtype}")
+    edges = edges.long()
+    check_finite(hist, "hist", op)
+    if feats is not None:
+        feats = torch.as_tensor(feats).cpu().float()
+        check_finite(feats, "feats", op)
+    if boxes is not None:
+        boxes = torch.as_tensor(boxes).cpu().long()
+    if area.shape != (n,):
+        raise ValueError(f"{op}: area should have shape [{n}], got {tuple(area.shape)}")
+    merges, sims = ops().merge_graph(
+        hist, feats, area, boxes, edges, float(w_hist), float(w_feat), float(w_size), float(w_fill)
+    )
+    return merges.to(device), sims.to(device)
+
+
+def adjacent_pairs(labels: np.ndarray) -> np.ndarray:
+    """Unique (a, b), a < b, of labels that touch (4-neighbourhood): int64 [E, 2]."""
+    lab = np.asarray(labels, np.int64)
+    n = int(lab.max()) + 1 if lab.size else 0
+    h = np.stack([lab[:, :-1].ravel(), lab[:, 1:].ravel()], 1)
+    v = np.stack([lab[:-1, :].ravel(), lab[1:, :].ravel()], 1)
+    pairs = np.concatenate([h, v])
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs.sort(1)
+    # Unique through one int64 key (faster than np.unique(axis=0)).
+    key = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([key // max(n, 1), key % max(n, 1)], 1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------- references
+
+
+def graph_segment_reference(image, k: float, min_size: int = 20) -> np.ndarray:
+    """The FH recursion written out in Python, without smoothing (slow; tests only).
+
+    Same edge set, order and union rule as the kernel: [H, W(, C)] -> labels [H, W].
+    """
+    a = np.asarray(image, np.float32)
+    if a.ndim == 2:
+        a = a[..., None]
+    h, w, _ = a.shape
+    edges = []
+    for y in range(h):
+        for x in range(w):
+            p = y * w + x
+            for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < h and 0 <= xx < w:
+                    d = a[y, x].astype(np.float64) - a[yy, xx].astype(np.float64)
+                    edges.append((np.float32(np.sqrt((d * d).sum())), len(edges), p, yy * w + xx))
+    edges.sort(key=lambda e: (e[0], e[1]))
+    n = h * w
+    parent = list(range(n))
+    size = [1] * n
+    thresh = [float(k)] * n
+
+    def find(p):
+        while parent[p] != p:
+            p = parent[p]
+        return p
+
+    def join(x, y):
+        if size[x] < size[y]:
+            x, y = y, x
+        parent[y] = x
+        size[x] += size[y]
+        return x
+
+    for wgt, _, p, q in edges:
+        x, y = find(p), find(q)
+        if x != y and wgt <= thresh[x] and wgt <= thresh[y]:
+            r = join(x, y)
+            thresh[r] = float(wgt) + k / size[r]
+    for _, _, p, q in edges:
+        x, y = find(p), find(q)
+        if x != y and (size[x] < min_size or size[y] < min_size):
+            join(x, y)
+    ids: dict[int, int] = {}
+    out = np.empty(n, np.int64)
+    for p in range(n):
+        out[p] = ids.setdefault(find(p), len(ids))
+    return out.reshape(h, w)
+
+
+def merge_graph_reference(hist, area, edges, feats=None, boxes=None, w_hist=1.0, w_feat=0.0, w_size=0.5, w_fill=0.0):
+    """Scan every live edge for the best pair before each merge (slow; tests only)."""
+    hist = [np.asarray(r, np.float64) for r in np.asarray(hist, np.float32)]
+    n = len(hist)
+    area = [float(x) for x in np.asarray(area, np.float64)]
+    feats = None if feats is None else [np.asarray(r, np.float64) for r in np.asarray(feats, np.float32)]
+    boxes = None if boxes is None else [tuple(int(v) for v in b) for b in np.asarray(boxes)]
+    total = sum(area)
+
+    def sim(a, b):
+        s = 0.0
+        ha, hb = hist[a].sum(), hist[b].sum()
+        if w_hist != 0 and ha > 0 and hb > 0:
+            s += w_hist * float(np.minimum(hist[a] * (1.0 / ha), hist[b] * (1.0 / hb)).sum())
+        if w_feat != 0:
+            den = float(feats[a] @ feats[a]) * float(feats[b] @ feats[b])
+            if den > 0:
+                s += w_feat * float(feats[a] @ feats[b]) / np.sqrt(den)
+        if total > 0:
+            if w_size != 0:
+                s += w_size * (1.0 - (area[a] + area[b]) / total)
+            if w_fill != 0:
+                ba, bb = boxes[a], boxes[b]
+                bw = max(ba[2], bb[2]) - min(ba[0], bb[0])
+                bh = max(ba[3], bb[3]) - min(ba[1], bb[1])
+                s += w_fill * (1.0 - (bw * bh - area[a] - area[b]) / total)
+        return s
+
+    live = {tuple(sorted((int(a), int(b)))) for a, b in np.asarray(edges).reshape(-1, 2)}
+    merges, sims = [], []
+    while live:
+        (a, b), s = max(((e, sim(*e)) for e in live), key=lambda es: (es[1], -es[0][0], -es[0][1]))
+        c = n + len(merges)
+        hist.append(hist[a] + hist[b])
+        area.append(area[a] + area[b])
+        if feats is not None:
+            feats.append(feats[a] + feats[b])
+        if boxes is not None:
+            ba, bb = boxes[a], boxes[b]
+            boxes.append((min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])))
+        merges.append((a, b))
+        sims.append(s)
+        nxt = set()
+        for x, y in live:
+            x2 = c if x in (a, b) else x
+            y2 = c if y in (a, b) else y
+            if x2 != y2:
+                nxt.add((min(x2, y2), max(x2, y2)))
+        live = nxt
+    return np.asarray(merges, np.int64).reshape(-1, 2), np.asarray(sims, np.float64)
