@@ -61,7 +61,7 @@ def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
             assert a["area"] == int(m.sum()) > 0
             ys, xs = np.nonzero(m)
             assert a["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-            assert a["source"] in ("divide", "conquer") and 0.0 <= a["score"] <= 1.0
+            assert a["source"] in ("divide", "conquer", "atoms") and 0.0 <= a["score"] <= 1.0
             masks[a["id"]] = m
         for a in anns:
             if a["parent_id"] is None:
@@ -80,7 +80,7 @@ def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
     assert (labeled / "config.yaml").is_file()
     summary = json.loads((labeled / "summary.json").read_text())
     assert summary["images_labeled"] == 3 and summary["images_skipped"] == 0
-    assert set(summary["stage_s"]) >= {"features_divide", "divide", "features_conquer", "merge", "masks", "write"}
+    assert set(summary["stage_s"]) >= {"features_divide", "divide", "atoms_segment", "atoms_merge", "masks", "write"}
     vis = sorted((labeled / "vis").glob("*.jpg"))
     assert len(vis) == 3 and Image.open(vis[0]).size[0] > Image.open(SAMPLES / vis[0].name).size[0]
 

@@ -44,15 +44,17 @@ class AtomConfig:
     """Settings of the atom (pixel-accurate) conquer stage."""
 
     enabled: bool = True  #: run the stage (masks with source "atoms")
-    scales: tuple[float, ...] = (50.0, 100.0, 200.0)  #: FH k of the atoms, one hierarchy per scale
+    scales: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0)  #: FH k of the atoms, one hierarchy per scale
     sigma: float = 0.8  #: Gaussian pre-smoothing for the atoms (the FH paper's value)
     min_size: int = 20  #: smallest atom in pixels (at the mask stage's working resolution)
+    nest: bool = True  #: make each coarser atom scale a coarsening of the finer one
+    ladder: float = 0.0  #: keep the nodes alive when n / ladder^j regions remain (0: every node)
     bins: int = 25  #: colour-histogram bins per Lab channel
     w_hist: float = 1.0  #: weight of the colour-histogram intersection
     w_feat: float | None = None  #: weight of the backbone-feature cosine (None: the backbone's default)
     w_size: float = 0.5  #: weight of the size term (small regions merge first)
     w_fill: float = 0.5  #: weight of the fill term (regions that fill each other's box)
-    atom_birth: float = 1.0  #: similarity at which atoms are born (their persistence starts here)
+    atom_birth: float | None = None  #: similarity at which atoms are born (None: the ceiling, sum of the weights)
     max_nodes: int = 1000  #: best nodes per scale made into masks (before the mask stage's NMS)
 
 
@@ -117,10 +119,14 @@ def atom_masks(
     timings = timings if timings is not None else {}
     t0 = time.perf_counter()
     h, w = image.shape[:2]
-    labels = graph_segment(image, cfg.scales, cfg.min_size, cfg.sigma).numpy()
+    labels = graph_segment(image, sorted(cfg.scales), cfg.min_size, cfg.sigma).numpy()
+    if cfg.nest and len(labels) > 1:
+        from unsam.baselines import nest_partitions
+
+        labels = np.stack(nest_partitions(list(labels)))
     t1 = time.perf_counter()
     items: list[MaskItem] = []
-    for k, atoms in zip(cfg.scales, labels):
+    for k, atoms in zip(sorted(cfg.scales), labels):
         n = int(atoms.max()) + 1
         area = np.bincount(atoms.ravel(), minlength=n).astype(np.float64)
         sl = ndimage.find_objects(atoms + 1)
@@ -140,11 +146,13 @@ def atom_masks(
             cfg.w_fill,
         )
         merges, sims = merges.numpy(), sims.numpy()
-        birth, death = dendrogram_nodes(n, merges, sims, cfg.atom_birth)
+        ceiling = cfg.w_hist + abs(w_feat if use_feat else 0.0) + cfg.w_size + cfg.w_fill
+        atom_birth = ceiling if cfg.atom_birth is None else float(cfg.atom_birth)
+        birth, death = dendrogram_nodes(n, merges, sims, atom_birth)
         # The root of each component has no death: it persists to the end (the
         # whole image is a mask of its own elsewhere; give it the lowest merge).
         floor = float(sims.min()) if len(sims) else 0.0
-        death = np.where(np.isfinite(death), death, min(floor, cfg.atom_birth) - 1.0)
+        death = np.where(np.isfinite(death), death, min(floor, atom_birth) - 1.0)
         all_area = np.concatenate([area, np.zeros(len(merges))])
         all_box = np.concatenate([boxes, np.zeros((len(merges), 4), np.int64)])
         for i, (a, b) in enumerate(merges):
@@ -153,8 +161,23 @@ def atom_masks(
             all_box[c] = (min(all_box[a, 0], all_box[b, 0]), min(all_box[a, 1], all_box[b, 1]),
                           max(all_box[a, 2], all_box[b, 2]), max(all_box[a, 3], all_box[b, 3]))
         pers = birth - death
+        if cfg.ladder > 1.0:
+            # Snapshots of the merge at region counts n, n / r, n / r^2, ..., 1: a node is
+            # kept when it is alive at one of them (merge i makes node n + i; alive from
+            # merge count born to died - 1). Depth in the output hierarchy then follows
+            # the ladder, as the levels of UnSAM's threshold ladder.
+            m = len(merges)
+            steps = np.unique(np.maximum(n - np.ceil(n / cfg.ladder ** np.arange(0, 64)), 0).astype(np.int64))
+            steps = steps[steps <= m]
+            born = np.concatenate([np.zeros(n, np.int64), np.arange(1, m + 1)])
+            died = np.full(n + m, m + 1, np.int64)
+            died[merges[:, 0]] = np.arange(1, m + 1)
+            died[merges[:, 1]] = np.arange(1, m + 1)
+            seen = np.searchsorted(steps, died, "left") > np.searchsorted(steps, born, "left")
+            pers = np.where(seen, pers, -np.inf)
         rank = pers * np.sqrt(all_area / (h * w))
         chosen = np.argsort(-rank, kind="stable")[: cfg.max_nodes]
+        chosen = chosen[np.isfinite(rank[chosen])]
         # Leaves of the chosen nodes: walk down the dendrogram.
         lut = np.zeros(n, bool)
         for node in chosen.tolist():
@@ -169,7 +192,10 @@ def atom_masks(
             lut[leaves] = True
             crop = lut[atoms[y0:y1, x0:x1]]
             lut[leaves] = False
-            items.append(MaskItem((x0, y0, x1, y1), crop, float(pers[node]), "atoms",
+            # Output scores live in [0, 1]: persistence in units of the ceiling
+            # (an atom that stays separate down to similarity 0 scores 1).
+            score = float(np.clip(pers[node] / max(ceiling, 1e-12), 0.0, 1.0))
+            items.append(MaskItem((x0, y0, x1, y1), crop, score, "atoms",
                                   {"scale": float(k), "birth": float(birth[node]), "death": float(death[node])}))
     timings["atoms_segment"] = timings.get("atoms_segment", 0.0) + (t1 - t0)
     timings["atoms_merge"] = timings.get("atoms_merge", 0.0) + (time.perf_counter() - t1)

@@ -37,7 +37,13 @@ def _scales(ks: float | Sequence[float], op: str) -> list[float]:
 
 
 def _image(image, op: str) -> torch.Tensor:
-    t = torch.as_tensor(image)
+    if isinstance(image, torch.Tensor):
+        t = image
+    else:
+        a = np.asarray(image)
+        if a.dtype == bool or np.iscomplexobj(a):
+            raise TypeError(f"{op}: image should be real-valued, got dtype {a.dtype}")
+        t = torch.from_numpy(np.array(a, np.float32))  # a writable copy (inputs may be read-only)
     if t.dim() == 2:
         t = t.unsqueeze(-1)
     if t.dim() != 3:
