@@ -66,7 +66,7 @@ def colour_histograms(image: np.ndarray, atoms: np.ndarray, n: int, bins: int) -
     """Per-atom Lab histograms: image [H, W, 3] uint8, atoms [H, W] -> float32 [n, 3 * bins] counts."""
     from unsam.features import rgb_to_lab
 
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255.0
+    t = torch.from_numpy(np.array(image, np.float32)).permute(2, 0, 1)[None] / 255.0
     lab = rgb_to_lab(t)[0].reshape(3, -1).numpy()
     flat = atoms.ravel()
     out = np.empty((n, 3 * bins), np.float32)
