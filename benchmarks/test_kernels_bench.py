@@ -139,6 +139,58 @@ def test_merge_32x32_vs_python_reference():
     assert row["speedup"] >= 100, row
 
 
+def _bsds_image(index: int = 0) -> np.ndarray:
+    from benchmarks._util import DATA
+
+    files = sorted((DATA / "bsds500" / "images" / "val").glob("*.jpg"))
+    if not files:
+        pytest.skip("../shared/data/bsds500 is absent")
+    from PIL import Image
+
+    return np.asarray(Image.open(files[index]).convert("RGB"))
+
+
+def test_atoms_graph_segment_vs_skimage_and_merge_graph_vs_reference():
+    """Atoms at the label defaults' 4 scales vs scikit-image's FH called once per scale
+    (the FH baseline's way), and the dendrogram kernel vs its Python edge scan."""
+    skimage_seg = pytest.importorskip("skimage.segmentation")
+    from scipy import ndimage
+
+    from unsam.atoms import AtomConfig, colour_histograms
+    from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph, merge_graph_reference
+
+    img = _bsds_image(0)
+    scales = list(AtomConfig().scales)
+    t_sk = bench(lambda: [skimage_seg.felzenszwalb(img, scale=k, sigma=0.8, min_size=20) for k in scales], repeat=3)
+    t_ours = bench(lambda: graph_segment(img, scales, 20, 0.8), repeat=5)
+    ours = graph_segment(img, scales, 20, 0.8).numpy()
+    counts = [int(x.max()) + 1 for x in ours]
+    sk_counts = [int(skimage_seg.felzenszwalb(img, scale=k, sigma=0.8, min_size=20).max()) + 1 for k in scales]
+    # Coarser atoms: the k=800 partition, small enough for the Python reference.
+    atoms = ours[-1]
+    n = counts[-1]
+    hist = colour_histograms(img, atoms, n, 25)
+    area = np.bincount(atoms.ravel(), minlength=n).astype(np.float64)
+    boxes = np.array([(q[1].start, q[0].start, q[1].stop, q[0].stop) for q in ndimage.find_objects(atoms + 1)])
+    edges = adjacent_pairs(atoms)
+    args = (torch.from_numpy(hist), torch.from_numpy(area), torch.from_numpy(edges), None, torch.from_numpy(boxes))
+    t_ref = bench(lambda: merge_graph_reference(hist, area, edges, None, boxes, 1.0, 0.0, 0.5, 0.5), repeat=1, warmup=0)
+    t_merge = bench(lambda: merge_graph(*args, 1.0, 0.0, 0.5, 0.5), repeat=9)
+    m, _ = merge_graph(*args, 1.0, 0.0, 0.5, 0.5)
+    mr, _ = merge_graph_reference(hist, area, edges, None, boxes, 1.0, 0.0, 0.5, 0.5)
+    row = dict(
+        image=f"{img.shape[1]}x{img.shape[0]}", scales=len(scales), skimage_s=t_sk, ours_s=t_ours,
+        segment_speedup=t_sk / t_ours, atoms=str(counts), skimage_atoms=str(sk_counts),
+        merge_nodes=n, merge_reference_s=t_ref, merge_ours_s=t_merge, merge_speedup=t_ref / t_merge,
+    )
+    record("atoms", [row])
+    assert np.array_equal(m.numpy(), mr)
+    # Same algorithm, same settings: segment counts of the same order as scikit-image's.
+    assert all(0.5 <= a / b <= 2.0 for a, b in zip(counts, sk_counts)), row
+    assert row["segment_speedup"] >= 1.5, row
+    assert row["merge_speedup"] >= 50, row
+
+
 def test_n10000_time_and_memory():
     """Where the dense solver needs minutes (and 3 x 800 MB): ours, with peak memory measured
     in a fresh process; the dense time is measured at N = 3600 and scaled by N^3."""

@@ -536,7 +536,7 @@ def annotation_record(
         ann_id: id, unique within the image.
         segmentation: COCO RLE dict (``size``, ``counts``) or a binary mask ``[H, W]``.
         level: granularity index.
-        parent_id: id of the smallest mask containing this one, or ``None`` for a root.
+        parent_id: id of the smallest larger mask holding (``contain`` of) this one, or ``None`` for a root.
         score: confidence.
         source: ``"divide"``, ``"conquer"`` or ``"atoms"``.
         area, bbox: computed from the RLE when omitted.

@@ -36,8 +36,14 @@ class MaskConfig:
     nms_iou: float = 0.9  #: mask NMS over the whole image (published: windowed, per region)
     min_area_frac: float = 1e-4  #: drop masks smaller than this fraction of the image...
     min_area: int = 16  #: ...or than this many pixels
-    contain: float = 1.0  #: a parent holds at least this fraction of its child
-    clip_to_parent: bool = True  #: make the hierarchy exactly nested
+    # Parents: the smallest larger mask holding >= contain of the child. Masks of
+    # the 4 atom scales nest only approximately, and clipping children to parents
+    # cascades down deep chains: on COCO-mini (20 images) clipping took AR@1000
+    # from 0.225 to 0.161. Exact containment (contain = 1) left the scales as
+    # separate trees whose levels interleave (BSDS500 train covering 0.526);
+    # 0.8 links them into one hierarchy (0.551; FH 0.543).
+    contain: float = 0.8  #: a parent holds at least this fraction of its child
+    clip_to_parent: bool = False  #: clip children to parents (exact nesting; costs AR)
     max_masks: int = 1000  #: keep at most this many masks per image (best scores)
     output_divide_regions: bool = True  #: divide regions are masks too (source "divide")
     max_side: int = 1024  #: masks are formed at most this large (long side), written at full size
@@ -306,7 +312,9 @@ class Labeler:
                 break
             ov.update(changed)
             keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou)
-        items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou)
+        if changed:
+            ov.update(changed)
+        items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou, ov.inter)
         t1 = time.perf_counter()
         anns = to_annotations(items, parents, levels, full_h, full_w, work_hw=work_hw)
         self._add("masks", t1 - t0)
@@ -314,11 +322,17 @@ class Labeler:
         return anns
 
 
-def _prune(items: list[MaskItem], parents: list[int], min_area: float, iou: float):
-    """Drop masks that clipping left too small, or (nested, so IoU = area ratio) too close
-    to their parent; their children go to the nearest kept ancestor. Returns levels too."""
+def _prune(items: list[MaskItem], parents: list[int], min_area: float, iou: float, inter: np.ndarray):
+    """Drop masks that clipping left too small, or too close to their parent (IoU above
+    the NMS threshold); their children go to the nearest kept ancestor. Returns levels too."""
     areas = [m.area for m in items]
-    alive = [areas[i] >= min_area and (parents[i] < 0 or areas[i] <= iou * areas[parents[i]]) for i in range(len(items))]
+
+    def close(i: int) -> bool:
+        p = parents[i]
+        both = float(inter[i, p])
+        return both > iou * max(areas[i] + areas[p] - both, 1.0)
+
+    alive = [areas[i] >= min_area and (parents[i] < 0 or not close(i)) for i in range(len(items))]
 
     def up(i: int) -> int:
         while i >= 0 and not alive[i]:

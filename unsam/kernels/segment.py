@@ -18,11 +18,11 @@ from unsam.kernels._ext import check_finite, load, ops
 load()
 
 __all__ = [
+    "adjacent_pairs",
     "graph_segment",
     "graph_segment_reference",
     "merge_graph",
     "merge_graph_reference",
-    "adjacent_pairs",
 ]
 
 
