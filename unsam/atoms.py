@@ -36,7 +36,7 @@ from scipy import ndimage
 from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph
 from unsam.masks import MaskItem
 
-__all__ = ["AtomConfig", "atom_masks", "colour_histograms", "dendrogram_nodes"]
+__all__ = ["AtomConfig", "atom_masks", "colour_histograms", "dendrogram_nodes", "lab_bins"]
 
 
 @dataclass
@@ -62,17 +62,30 @@ class AtomConfig:
 _LAB_RANGE = ((0.0, 100.0), (-80.0, 80.0), (-80.0, 80.0))
 
 
-def colour_histograms(image: np.ndarray, atoms: np.ndarray, n: int, bins: int) -> np.ndarray:
-    """Per-atom Lab histograms: image [H, W, 3] uint8, atoms [H, W] -> float32 [n, 3 * bins] counts."""
+def lab_bins(image: np.ndarray, bins: int) -> np.ndarray:
+    """Histogram bin of every pixel in each CIE Lab channel: [H, W, 3] uint8 -> int64 [3, H * W]."""
     from unsam.features import rgb_to_lab
 
     t = torch.from_numpy(np.array(image, np.float32)).permute(2, 0, 1)[None] / 255.0
     lab = rgb_to_lab(t)[0].reshape(3, -1).numpy()
+    out = np.empty(lab.shape, np.int64)
+    for c, (lo, hi) in enumerate(_LAB_RANGE):
+        out[c] = np.clip(((lab[c] - lo) * (bins / (hi - lo))).astype(np.int64), 0, bins - 1)
+    return out
+
+
+def colour_histograms(
+    image: np.ndarray, atoms: np.ndarray, n: int, bins: int, codes: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-atom Lab histograms: image [H, W, 3] uint8, atoms [H, W] -> float32 [n, 3 * bins] counts.
+
+    ``codes``: :func:`lab_bins` of the image, when already computed (one per image, not per scale).
+    """
+    codes = lab_bins(image, bins) if codes is None else codes
     flat = atoms.ravel()
     out = np.empty((n, 3 * bins), np.float32)
-    for c, (lo, hi) in enumerate(_LAB_RANGE):
-        q = np.clip(((lab[c] - lo) * (bins / (hi - lo))).astype(np.int64), 0, bins - 1)
-        out[:, c * bins : (c + 1) * bins] = np.bincount(flat * bins + q, minlength=n * bins).reshape(n, bins)
+    for c in range(3):
+        out[:, c * bins : (c + 1) * bins] = np.bincount(flat * bins + codes[c], minlength=n * bins).reshape(n, bins)
     return out
 
 
@@ -124,6 +137,7 @@ def atom_masks(
         from unsam.baselines import nest_partitions
 
         labels = np.stack(nest_partitions(list(labels)))
+    codes = lab_bins(image, cfg.bins)
     t1 = time.perf_counter()
     items: list[MaskItem] = []
     for k, atoms in zip(sorted(cfg.scales), labels):
@@ -131,7 +145,7 @@ def atom_masks(
         area = np.bincount(atoms.ravel(), minlength=n).astype(np.float64)
         sl = ndimage.find_objects(atoms + 1)
         boxes = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in sl], np.int64)
-        hist = colour_histograms(image, atoms, n, cfg.bins)
+        hist = colour_histograms(image, atoms, n, cfg.bins, codes)
         use_feat = w_feat != 0.0 and feats is not None
         f = _atom_features(atoms, n, feats) if use_feat else None
         merges, sims = merge_graph(

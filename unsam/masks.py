@@ -238,21 +238,29 @@ def pairwise_intersections(items: list[MaskItem], height: int, width: int) -> np
 
 
 def nms_from_intersections(inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9) -> list[int]:
-    """Greedy NMS on a precomputed intersection matrix; order: score, area, index."""
+    """Greedy NMS on a precomputed intersection matrix; order: score, area, index.
+
+    Only overlapping pairs can suppress each other, so the IoU is computed for the
+    nonzero intersections only and each kept mask marks its list of suppressed ones
+    (a dense K x K IoU matrix and a full-row scan per kept mask cost 0.2 s at K = 3500).
+    """
     k = inter.shape[0]
     if k == 0:
         return []
     area = np.diag(inter).astype(np.float64)
-    union = area[:, None] + area[None, :] - inter
-    iou = inter / np.maximum(union, 1.0)
+    ii, jj = np.nonzero(inter)  # row-major: ii ascending
+    both = inter[ii, jj]
+    hit = both / np.maximum(area[ii] + area[jj] - both, 1.0) > iou_threshold
+    ii, jj = ii[hit], jj[hit]
+    start = np.searchsorted(ii, np.arange(k + 1))
     order = np.lexsort((np.arange(k), -area, -scores))
     suppressed = np.zeros(k, bool)
     kept = []
-    for i in order:
+    for i in order.tolist():
         if suppressed[i]:
             continue
         kept.append(int(i))
-        suppressed |= iou[i] > iou_threshold
+        suppressed[jj[start[i] : start[i + 1]]] = True
     return kept
 
 
