@@ -212,3 +212,17 @@ def test_atom_features_steer_the_merge_when_colour_is_blind():
             full[m.box[1] : m.box[3], m.box[0] : m.box[2]] = m.crop
             found |= np.array_equal(full, half)
         assert found
+
+
+def test_graph_segment_equals_scikit_image_on_a_photo():
+    felzenszwalb = pytest.importorskip("skimage.segmentation").felzenszwalb
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = sorted((Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.jpg"))[0]
+    img = np.asarray(Image.open(path).convert("RGB").resize((160, 120)))
+    ours = graph_segment(img, [50.0, 400.0], min_size=20, sigma=0.8).numpy()
+    for k, lab in zip([50.0, 400.0], ours):
+        # Same edges, order, merge rule and smoothing: the very same labels.
+        assert np.array_equal(lab, felzenszwalb(img, scale=k, sigma=0.8, min_size=20))
