@@ -70,9 +70,9 @@ def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
             parent = by_id[a["parent_id"]]
             assert parent["level"] == a["level"] - 1
             assert parent["area"] > a["area"]
-            # The parent holds at least `contain` (0.8) of the child.
+            # The parent holds at least `contain` (0.9) of the child.
             inside = np.count_nonzero(masks[a["id"]] & masks[a["parent_id"]])
-            assert inside >= 0.8 * a["area"]
+            assert inside >= 0.9 * a["area"]
         # Mask NMS: no two masks overlap with IoU > 0.9.
         rles = [_decode(a)[1] for a in anns]
         iou = mask_utils.iou(rles, rles, [0] * len(rles))
