@@ -226,3 +226,21 @@ def test_graph_segment_equals_scikit_image_on_a_photo():
     for k, lab in zip([50.0, 400.0], ours):
         # Same edges, order, merge rule and smoothing: the very same labels.
         assert np.array_equal(lab, felzenszwalb(img, scale=k, sigma=0.8, min_size=20))
+
+
+def test_snap_to_atoms_takes_atoms_covered_by_more_than_half():
+    from unsam.atoms import snap_to_atoms
+    from unsam.masks import MaskItem
+
+    atoms = np.zeros((10, 12), np.int64)
+    atoms[:, 4:8] = 1
+    atoms[:, 8:] = 2
+    # A blocky mask: all of atom 0, 3/4 of atom 1, 1/4 of atom 2.
+    crop = np.zeros((10, 12), bool)
+    crop[:, :7] = True
+    crop[:, 8:9] = True
+    m = MaskItem((0, 0, 12, 10), crop, 0.5, "divide")
+    gone = MaskItem((8, 0, 9, 2), np.ones((2, 1), bool), 0.5, "divide")  # covers < half of atom 2
+    snap_to_atoms([m, gone], atoms)
+    assert m.box == (0, 0, 8, 10) and m.crop.all() and m.crop.shape == (10, 8)
+    assert gone.box == (8, 0, 9, 2) and gone.crop.all()  # would vanish: kept as it was
