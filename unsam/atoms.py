@@ -128,10 +128,8 @@ def snap_to_atoms(items: list[MaskItem], atoms: np.ndarray) -> None:
         keep = 2 * inside > size
         if not keep.any():
             continue
-        full = keep[atoms]
-        ys, xs = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
-        m.box = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
-        m.crop = np.ascontiguousarray(full[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1])
+        m.box, m.crop = (0, 0, atoms.shape[1], atoms.shape[0]), keep[atoms]
+        m.tighten()
 
 
 def dendrogram_nodes(n: int, merges: np.ndarray, sims: np.ndarray, atom_birth: float):

@@ -57,6 +57,7 @@ from unsam.io import (
     read_label_json,
     write_json_atomic,
 )
+from unsam.kernels.segment import adjacent_pairs
 from unsam.masks import MaskItem, to_annotations
 
 __all__ = [
@@ -143,16 +144,6 @@ def fh_partitions(image: np.ndarray, cfg: FHConfig | None = None) -> list[np.nda
     return nest_partitions(raw)
 
 
-def _adjacent_pairs(labels: np.ndarray) -> np.ndarray:
-    """Unique (a, b), a < b, of labels that touch (4-neighbourhood): [E, 2]."""
-    h = np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], 1)
-    v = np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], 1)
-    pairs = np.concatenate([h, v])
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    pairs.sort(1)
-    return np.unique(pairs, axis=0)
-
-
 def merge_by_colour(labels: np.ndarray, lab: np.ndarray, thresholds: Sequence[float]) -> list[np.ndarray]:
     """Greedy mean-colour merging of adjacent regions; one mapping per threshold.
 
@@ -176,7 +167,7 @@ def merge_by_colour(labels: np.ndarray, lab: np.ndarray, thresholds: Sequence[fl
         return i
 
     nbrs: list[set[int]] = [set() for _ in range(n)]
-    for a, b in _adjacent_pairs(labels).tolist():
+    for a, b in adjacent_pairs(labels).tolist():
         nbrs[a].add(b)
         nbrs[b].add(a)
     version = [0] * n
