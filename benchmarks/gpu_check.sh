@@ -3,32 +3,55 @@
 # build with the machine's torch, run the `cuda` tests and the GPU benchmarks,
 # and leave everything under $OUT (results JSON named after the card).
 #
-#   device run:  bash benchmarks/gpu_check.sh        (timeout ~480 s, carry [".whl"])
+#   device run:  UNSAM_DATA=.gpudata bash benchmarks/gpu_check.sh   (timeout ~420 s, carry [".whl", ".gpudata"])
 #
-# The device image lacks pycocotools: first, here, in the repo root:
-#   echo /.whl/ >> .git/info/exclude
+# Prepare here, in the repo root (both folders are git-ignored via .git/info/exclude):
+#   echo /.whl/ >> .git/info/exclude; echo /.gpudata/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pycocotools==2.0.11
+#   mkdir -p .gpudata/bsds500/images/val && cp $(ls ../shared/data/bsds500/images/val/*.jpg | head -16) .gpudata/bsds500/images/val/
+# Each step has its own time limit so that one slow step cannot eat the lease;
+# every log and the results JSON are written to $OUT as the steps finish
+# (7 files: the device tool returns at most 8).
 set -uo pipefail
 OUT=${OUT:-/tmp/unsam-gpu-check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}   # only what this card needs: faster build
+[ -n "${UNSAM_DATA:-}" ] && export UNSAM_DATA=$(realpath "$UNSAM_DATA")
 PY=${PYTHON:-python3}
 # Wheels carried in .whl/ (e.g. pycocotools) for what the image lacks.
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 card=$($PY -c "import torch,re;print(re.sub('[^a-z0-9]+','-',torch.cuda.get_device_name(0).lower()).strip('-'))")
-echo "card: $card"
+echo "card: $card  torch: $($PY -c 'import torch;print(torch.__version__)')"
 t0=$(date +%s)
-if ! UNSAM_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1; then
+if ! UNSAM_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 240 $PY -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1; then
   tail -n 60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
 echo "build: $(( $(date +%s) - t0 )) s"; grep -E "unsam: " "$OUT/build.log"
 $PY -c "import unsam.kernels as k; assert k.cuda_available(), 'CUDA kernels not available'; print('cuda kernels OK')" || exit 1
-$PY -m pytest tests -m cuda -q -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.log"
-UNSAM_BENCH_OUT="$OUT" UNSAM_BENCH_CARD="$card" \
-  $PY -m pytest benchmarks --benchmark -s -q -p no:cacheprovider -m cuda 2>&1 | tee "$OUT/bench.log"
+PT="$PY -m pytest -p no:cacheprovider -p no:benchmark"
+step() {  # step NAME SECONDS ARGS...: one pytest run with its own limit and log
+  local name=$1 limit=$2; shift 2
+  local s=$(date +%s)
+  timeout "$limit" $PT "$@" 2>&1 | tee "$OUT/$name.log" | grep -vE "^\s*$" | tail -n 40
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: rc $rc, $(( $(date +%s) - s )) s"
+}
+export UNSAM_BENCH_OUT="$OUT" UNSAM_BENCH_CARD="$card"
+step cuda_tests 90 tests -m cuda -q
+# The main job end to end on the GPU (classic: no weights needed), CPU vs GPU in one go.
+if [ -n "${UNSAM_DATA:-}" ]; then
+  for dev in "" "--gpu"; do
+    s=$(date +%s)
+    timeout 60 $PY -m unsam.label -i "$UNSAM_DATA/bsds500/images/val" -o /tmp/lab$dev --backbone classic --limit 8 $dev --quiet \
+      >> "$OUT/label.log" 2>&1; echo "== unsam.label ${dev:-cpu}: rc $?, $(( $(date +%s) - s )) s, $(ls /tmp/lab$dev/*.json 2>/dev/null | wc -l) json"
+  done
+fi
+step bench_kernels 100 benchmarks/test_kernels_bench.py --benchmark -s -q -m cuda
+step bench_pipeline 100 benchmarks/test_pipeline_bench.py --benchmark -s -q -m cuda
+step bench_train 120 benchmarks/test_train_bench.py --benchmark -s -q -m cuda
 ls -la "$OUT"

@@ -159,6 +159,7 @@ def test_train_step_cpu_real():
     assert all(r.get("images_per_s", 0) > 0 for r in rows)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_train_step_gpu():
     # Per-GPU batch of the shipped configs on 8 GPUs (global 16), and twice that.
