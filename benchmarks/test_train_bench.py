@@ -136,7 +136,8 @@ def _run_child(config: str, device: str, batch: int, warmup: int, steps: int, ov
             r = {{"config": {config!r}, "device": {device!r}, "batch": {batch}, "error": "out of memory"}}
         print("RESULT " + json.dumps(r))
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Keep the caller's PYTHONPATH after the repo (carried wheels live there on the GPU check).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert res.returncode == 0 and lines, res.stdout[-2000:] + res.stderr[-3000:]

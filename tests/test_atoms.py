@@ -162,7 +162,11 @@ def test_atom_masks_recover_objects_and_parts_exactly():
     green_whole[20:44, 34:58] = True
     for target in (red, white, green_whole):
         assert any(np.array_equal(m, target) for m in masks)
-    assert all(m.source == "atoms" and np.isfinite(m.score) for m in items)
+    assert all(m.source in ("atoms", "partition") and np.isfinite(m.score) for m in items)
+    # The ladder (at 100, the scale nearest to 200 in log ratio, the finer of two) has a whole-image root.
+    ladder = [m for m in items if m.source == "partition"]
+    assert ladder and all(m.meta["scale"] == 100.0 for m in ladder)
+    assert [m.area for m in ladder if m.meta["partition_level"] == 0] == [64 * 48]
     # The crop is tight to its box edges or inside them, and boxes lie in the image.
     assert all(0 <= m.box[0] < m.box[2] <= 64 and 0 <= m.box[1] < m.box[3] <= 48 for m in items)
 
@@ -244,3 +248,60 @@ def test_snap_to_atoms_takes_atoms_covered_by_more_than_half():
     snap_to_atoms([m, gone], atoms)
     assert m.box == (0, 0, 8, 10) and m.crop.all() and m.crop.shape == (10, 8)
     assert gone.box == (8, 0, 9, 2) and gone.crop.all()  # would vanish: kept as it was
+
+
+def test_partition_counts():
+    from unsam.atoms import partition_counts
+
+    assert partition_counts(1.25, 10) == [1, 2, 3, 4, 5, 6, 7, 9]
+    assert partition_counts(2.0, 16) == [1, 2, 4, 8, 16]
+    assert partition_counts(1.5, 1) == [1]
+    with pytest.raises(ValueError, match="partition_ratio"):
+        partition_counts(1.0, 10)
+    with pytest.raises(ValueError, match="partition_max_regions"):
+        partition_counts(1.5, 0)
+
+
+def test_partition_ladder_by_hand():
+    from unsam.atoms import partition_ladder
+
+    # Leaves 0..3; 4 = {0, 1}, 5 = {2, 3}, 6 = everything.
+    merges = np.array([[0, 1], [2, 3], [4, 5]])
+    nodes, levels, parents = partition_ladder(4, merges, [1, 2, 3, 4])
+    assert nodes.tolist() == [6, 4, 5, 2, 3, 0, 1]
+    assert levels.tolist() == [0, 1, 1, 2, 2, 3, 3]
+    assert [nodes[p] if p >= 0 else -1 for p in parents] == [-1, 6, 6, 5, 5, 4, 4]
+    # Counts past what the merges reach are clamped; repeated cuts are dropped.
+    nodes, levels, _ = partition_ladder(4, merges[:1], [1, 2, 3, 4, 9])
+    assert levels.max() == 1 and sorted(nodes[levels == 0].tolist()) == [2, 3, 4]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 10_000), ratio=st.floats(1.1, 2.5))
+def test_partition_ladder_cuts_are_nested_partitions(n, seed, ratio):
+    from unsam.atoms import partition_counts, partition_ladder
+
+    rng = np.random.default_rng(seed)
+    # A random dendrogram: merge two random current roots until one is left.
+    roots, merges = list(range(n)), []
+    while len(roots) > 1:
+        a, b = rng.choice(len(roots), 2, replace=False)
+        merges.append((roots[a], roots[b]))
+        roots = [r for i, r in enumerate(roots) if i not in (a, b)] + [n + len(merges) - 1]
+    merges = np.array(merges, np.int64).reshape(-1, 2)
+    leaves = {i: {i} for i in range(n)}
+    for i, (a, b) in enumerate(merges):
+        leaves[n + i] = leaves[int(a)] | leaves[int(b)]
+    counts = partition_counts(ratio, n)
+    nodes, levels, parents = partition_ladder(n, merges, counts)
+    assert len(set(nodes.tolist())) == len(nodes) and levels[0] == 0 and (np.diff(levels) >= 0).all()
+    for lv in range(int(levels.max()) + 1):
+        # The regions present at cut lv: those born at or before it and not yet split below it.
+        present = [i for i in range(len(nodes)) if levels[i] <= lv and not any(
+            parents[j] == i and levels[j] <= lv for j in range(len(nodes)))]
+        cover = sorted(x for i in present for x in leaves[int(nodes[i])])
+        assert cover == list(range(n))  # a partition of the leaves
+        assert len(present) == min(counts[lv], n)
+    for i, p in enumerate(parents):
+        if p >= 0:
+            assert leaves[int(nodes[i])] < leaves[int(nodes[p])] and levels[p] < levels[i]

@@ -61,22 +61,37 @@ def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
             assert a["area"] == int(m.sum()) > 0
             ys, xs = np.nonzero(m)
             assert a["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-            assert a["source"] in ("divide", "conquer", "atoms") and 0.0 <= a["score"] <= 1.0
+            assert a["source"] in ("divide", "conquer", "atoms", "partition") and 0.0 <= a["score"] <= 1.0
             masks[a["id"]] = m
         for a in anns:
             if a["parent_id"] is None:
                 assert a["level"] == 0
                 continue
             parent = by_id[a["parent_id"]]
-            assert parent["level"] == a["level"] - 1
+            if a["source"] == "partition":
+                # A region of the partition ladder: its parent is the region holding
+                # it at the previous cut, which may have appeared several levels up.
+                assert parent["source"] == "partition" and parent["level"] < a["level"]
+                assert not (masks[a["id"]] & ~masks[a["parent_id"]]).any()
+            else:
+                assert parent["level"] == a["level"] - 1
             assert parent["area"] > a["area"]
             # The parent holds at least `contain` (0.9) of the child.
             inside = np.count_nonzero(masks[a["id"]] & masks[a["parent_id"]])
             assert inside >= 0.9 * a["area"]
-        # Mask NMS: no two masks overlap with IoU > 0.9.
+        # The ladder's levels: one whole-image root, and the regions of one level are disjoint.
+        part = [a for a in anns if a["source"] == "partition"]
+        assert [a["area"] for a in part if a["level"] == 0] == [h * w]
+        for lv in {a["level"] for a in part}:
+            cover = sum(masks[a["id"]].astype(np.int64) for a in part if a["level"] == lv)
+            assert cover.max() == 1
+        # Mask NMS: no two masks overlap with IoU > 0.9 (the ladder's regions are
+        # exempt among themselves: each level must stay a complete partition).
         rles = [_decode(a)[1] for a in anns]
         iou = mask_utils.iou(rles, rles, [0] * len(rles))
         np.fill_diagonal(iou, 0)
+        on = np.array([a["source"] == "partition" for a in anns])
+        iou[np.ix_(on, on)] = 0
         assert iou.max() <= 0.9
     assert (labeled / "config.yaml").is_file()
     summary = json.loads((labeled / "summary.json").read_text())
@@ -245,3 +260,30 @@ def test_clip_to_parent_gives_an_exactly_nested_hierarchy():
     assert len(with_parent) > 10
     for a in with_parent:
         assert not (masks[a["id"]] & ~masks[a["parent_id"]]).any()
+
+
+def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
+    """Default levels: level l of the BSDS-style partition rule is the ladder's cut l wherever
+    no finer off-ladder mask is deeper; levels = "depth" gives containment depth again."""
+    from unsam.evaluate import level_partitions
+
+    img = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB"))
+    base = {"divide": {"max_cuts": 3}}
+    anns = Labeler(config_from_dict(base, LabelConfig(backbone="classic"))).label_batch([img])[0]
+    part = [a for a in anns if a["source"] == "partition"]
+    levels = sorted({a["level"] for a in part})
+    assert levels == list(range(len(levels))) and len(levels) >= 10
+    h, w = img.shape[:2]
+    # Painted alone, the ladder's regions give complete partitions with region counts
+    # growing level by level (ratio 1.25: 1, 2, 3, 4, 5, ...).
+    counts = [int(p.max()) for p in level_partitions(part, h, w)]
+    assert counts[:5] == [1, 2, 3, 4, 5] and counts == sorted(counts)
+    # With every mask, the partitions still start from the whole image and get finer.
+    full = [int(p.max()) for p in level_partitions(anns, h, w)]
+    assert full[0] == 1 and full[-1] > 50
+    deep = Labeler(config_from_dict({**base, "masks": {"levels": "depth"}}, LabelConfig(backbone="classic")))
+    d = deep.label_batch([img])[0]
+    by_id = {a["id"]: a for a in d}
+    assert all(a["level"] == (0 if a["parent_id"] is None else by_id[a["parent_id"]]["level"] + 1) for a in d)
+    with pytest.raises(ValueError, match="masks.levels"):
+        Labeler(config_from_dict({**base, "masks": {"levels": "tree"}}, LabelConfig(backbone="classic"))).label_batch([img])

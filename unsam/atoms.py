@@ -42,7 +42,16 @@ from scipy import ndimage
 from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph
 from unsam.masks import MaskItem
 
-__all__ = ["AtomConfig", "atom_masks", "colour_histograms", "dendrogram_nodes", "lab_bins", "snap_to_atoms"]
+__all__ = [
+    "AtomConfig",
+    "atom_masks",
+    "colour_histograms",
+    "dendrogram_nodes",
+    "lab_bins",
+    "partition_counts",
+    "partition_ladder",
+    "snap_to_atoms",
+]
 
 
 @dataclass
@@ -64,6 +73,14 @@ class AtomConfig:
     w_fill: float = 0.5  #: weight of the fill term (regions that fill each other's box)
     atom_birth: float | None = None  #: similarity at which atoms are born (None: the ceiling, sum of the weights)
     max_nodes: int = 1000  #: best nodes per scale made into masks (before the mask stage's NMS)
+    # Partition levels: the dendrogram of one atom scale cut at region counts
+    # 1, 2, 3, ... (round(ratio^j), up to max_regions) gives a ladder of complete,
+    # exactly nested partitions; its regions are masks whose ``level`` is the rung.
+    # 50 BSDS500 train images, these partitions alone: covering ODS 0.556 (k = 200)
+    # against 0.532 for containment-depth levels and 0.514 for FH.
+    partition_scale: float | None = 200.0  #: atom scale of the partition levels (the nearest of ``scales``); None: off
+    partition_ratio: float = 1.25  #: region count grows about this much per level
+    partition_max_regions: int = 256  #: finest partition level has at most this many regions
 
 
 # Lab ranges of the histogram bins (values outside are clamped into the end bins).
@@ -132,6 +149,70 @@ def snap_to_atoms(items: list[MaskItem], atoms: np.ndarray) -> None:
         m.tighten()
 
 
+def partition_counts(ratio: float, max_regions: int) -> list[int]:
+    """Region counts of the partition levels, coarse to fine: the distinct round(ratio^j) <= max_regions."""
+    if not ratio > 1.0:
+        raise ValueError(f"atoms.partition_ratio should be > 1, got {ratio}")
+    if max_regions < 1:
+        raise ValueError(f"atoms.partition_max_regions should be >= 1, got {max_regions}")
+    out, j = [], 0
+    while True:
+        c = int(round(ratio**j))
+        if c > max_regions:
+            return out
+        if not out or c > out[-1]:
+            out.append(c)
+        j += 1
+
+
+def partition_ladder(n: int, merges: np.ndarray, counts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut a dendrogram at the region counts ``counts`` (ascending: coarse to fine).
+
+    The dendrogram has n leaves; merge i (row i of merges [M, 2]) makes node n + i.
+    The cut at count c is the forest after n - c merges (counts below what the
+    merges can reach, or above n, are clamped; levels that repeat a cut are
+    dropped). Returns (nodes, levels, parents): every node that is a region of
+    some cut, once, at the coarsest cut holding it (``levels`` numbers the kept
+    cuts from 0), and the index into ``nodes`` of the region holding it at the
+    previous cut (-1 at level 0). Each cut is a partition; they nest exactly.
+    """
+    m = len(merges)
+    total = n + m
+    # Node x exists while born <= i < absorbed, i = merges applied so far.
+    born = np.zeros(total, np.int64)
+    born[n:] = np.arange(1, m + 1)
+    absorbed = np.full(total, m + 1, np.int64)
+    up = np.full(total, -1, np.int64)
+    if m:
+        absorbed[merges[:, 0]] = np.arange(1, m + 1)
+        absorbed[merges[:, 1]] = np.arange(1, m + 1)
+        up[merges[:, 0]] = np.arange(n, total)
+        up[merges[:, 1]] = np.arange(n, total)
+    cuts = []
+    for c in counts:
+        i = int(np.clip(n - c, 0, m))
+        if not cuts or i != cuts[-1]:
+            cuts.append(i)
+    nodes, levels, parents = [], [], []
+    index: dict[int, int] = {}
+    for lv, i in enumerate(cuts):
+        alive = np.flatnonzero((born <= i) & (absorbed > i))
+        for x in alive.tolist():
+            if x in index:
+                continue
+            p = -1
+            if lv:
+                y, prev = up[x], cuts[lv - 1]
+                while y >= 0 and not (born[y] <= prev < absorbed[y]):
+                    y = up[y]
+                p = index[int(y)]
+            index[x] = len(nodes)
+            nodes.append(x)
+            levels.append(lv)
+            parents.append(p)
+    return np.asarray(nodes, np.int64), np.asarray(levels, np.int64), np.asarray(parents, np.int64)
+
+
 def dendrogram_nodes(n: int, merges: np.ndarray, sims: np.ndarray, atom_birth: float):
     """Birth and death similarity of every node of a dendrogram (n leaves, merges [M, 2]; -inf: never absorbed)."""
     m = len(merges)
@@ -158,6 +239,12 @@ def atom_masks(
     snap: masks to snap, in place, to the finest atoms (see :func:`snap_to_atoms`).
     """
     timings = timings if timings is not None else {}
+    ladder_scale = None
+    if cfg.partition_scale is not None:
+        if not cfg.partition_scale > 0:
+            raise ValueError(f"atoms.partition_scale should be > 0 or None, got {cfg.partition_scale}")
+        # The atom scale nearest to it in log ratio (equal distance: the finer one).
+        ladder_scale = min(sorted(cfg.scales), key=lambda k: abs(np.log(k / cfg.partition_scale)))
     t0 = time.perf_counter()
     h, w = image.shape[:2]
     labels = graph_segment(image, sorted(cfg.scales), cfg.min_size, cfg.sigma).numpy()
@@ -208,6 +295,11 @@ def atom_masks(
         rank = pers * np.sqrt(all_area / (h * w))
         chosen = np.argsort(-rank, kind="stable")[: cfg.max_nodes]
         chosen = chosen[np.isfinite(rank[chosen])]
+        spine: dict[int, tuple[int, int]] = {}  # node -> (partition level, parent node)
+        if ladder_scale is not None and float(k) == float(ladder_scale):
+            nodes, lv, par = partition_ladder(n, merges, partition_counts(cfg.partition_ratio, cfg.partition_max_regions))
+            spine = {int(x): (int(l), int(nodes[p]) if p >= 0 else -1) for x, l, p in zip(nodes, lv, par)}
+            chosen = np.concatenate([nodes, chosen[~np.isin(chosen, nodes)]])
         # Leaves of the chosen nodes: walk down the dendrogram.
         lut = np.zeros(n, bool)
         for node in chosen.tolist():
@@ -225,8 +317,13 @@ def atom_masks(
             # Output scores live in [0, 1]: persistence in units of the ceiling
             # (an atom that stays separate down to similarity 0 scores 1).
             score = float(np.clip(pers[node] / max(ceiling, 1e-12), 0.0, 1.0))
-            items.append(MaskItem((x0, y0, x1, y1), crop, score, "atoms",
-                                  {"scale": float(k), "birth": float(birth[node]), "death": float(death[node])}))
+            meta = {"scale": float(k), "birth": float(birth[node]), "death": float(death[node])}
+            source = "atoms"
+            if node in spine:
+                # The partition levels, for the mask stage (see MaskConfig.levels).
+                meta.update(partition_node=node, partition_level=spine[node][0], partition_parent=spine[node][1])
+                source = "partition"
+            items.append(MaskItem((x0, y0, x1, y1), crop, score, source, meta))
     timings["atoms_segment"] = timings.get("atoms_segment", 0.0) + (t1 - t0)
     timings["atoms_merge"] = timings.get("atoms_merge", 0.0) + (time.perf_counter() - t1)
     return items

@@ -21,7 +21,7 @@ Per-image JSON layout (ALGORITHM.md §4)::
      "annotations": [{"id": int, "area": int, "bbox": [x, y, w, h],
                       "segmentation": {"size": [H, W], "counts": str},
                       "level": int, "parent_id": int | None, "score": float,
-                      "source": "divide" | "conquer" | "atoms", ...optional extras}]}
+                      "source": "divide" | "conquer" | "atoms" | "partition", ...optional extras}]}
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"})
-SOURCES: frozenset[str] = frozenset({"divide", "conquer", "atoms", "model"})  # atoms: unsam.atoms; model: unsam.predict
+# atoms, partition: unsam.atoms (partition: a region of the partition-level ladder); model: unsam.predict
+SOURCES: frozenset[str] = frozenset({"divide", "conquer", "atoms", "partition", "model"})
 COCO_CATEGORY: dict[str, Any] = {"id": 1, "name": "fg", "supercategory": "fg"}
 
 _GLOB_CHARS = set("*?[")
@@ -538,7 +539,7 @@ def annotation_record(
         level: granularity index.
         parent_id: id of the smallest larger mask holding (``contain`` of) this one, or ``None`` for a root.
         score: confidence.
-        source: ``"divide"``, ``"conquer"`` or ``"atoms"``.
+        source: ``"divide"``, ``"conquer"``, ``"atoms"`` or ``"partition"``.
         area, bbox: computed from the RLE when omitted.
         extra: optional fields (e.g. ``predicted_iou``, ``ncut``), numpy scalars
             converted to Python numbers.

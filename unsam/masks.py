@@ -237,8 +237,13 @@ def pairwise_intersections(items: list[MaskItem], height: int, width: int) -> np
     return Overlaps(items, height, width).inter
 
 
-def nms_from_intersections(inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9) -> list[int]:
+def nms_from_intersections(
+    inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9, protected: np.ndarray | None = None
+) -> list[int]:
     """Greedy NMS on a precomputed intersection matrix; order: score, area, index.
+
+    ``protected`` (bool [K], optional): masks that are never suppressed; they come
+    first in the result (in the same order) and suppress the others as usual.
 
     Only overlapping pairs can suppress each other, so the IoU is computed for the
     nonzero intersections only and each kept mask marks its list of suppressed ones
@@ -253,11 +258,12 @@ def nms_from_intersections(inter: np.ndarray, scores: np.ndarray, iou_threshold:
     hit = both / np.maximum(area[ii] + area[jj] - both, 1.0) > iou_threshold
     ii, jj = ii[hit], jj[hit]
     start = np.searchsorted(ii, np.arange(k + 1))
-    order = np.lexsort((np.arange(k), -area, -scores))
+    prot = np.zeros(k, bool) if protected is None else np.asarray(protected, bool)
+    order = np.lexsort((np.arange(k), -area, -scores, ~prot))
     suppressed = np.zeros(k, bool)
     kept = []
     for i in order.tolist():
-        if suppressed[i]:
+        if suppressed[i] and not prot[i]:
             continue
         kept.append(int(i))
         suppressed[jj[start[i] : start[i + 1]]] = True
