@@ -83,10 +83,11 @@ def _run(labeler, images, published: bool) -> dict[str, float]:
         return {k: v / len(images) for k, v in labeler.timings.items()}
     finish = labeler._finish
 
-    def pub_finish(items, image, h, w, work_hw=None):
+    def pub_finish(items, image, h, w, work_hw=None, times=None):
         t0 = time.perf_counter()
         out = _published_masks(items, image, h, w)
-        labeler._add("masks", time.perf_counter() - t0)
+        times = labeler.timings if times is None else times
+        times["masks"] = times.get("masks", 0.0) + time.perf_counter() - t0
         return out
 
     with mock.patch.object(divide_mod, "lanczos_fiedler", _dense_lanczos), \

@@ -287,3 +287,38 @@ def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
     assert all(a["level"] == (0 if a["parent_id"] is None else by_id[a["parent_id"]]["level"] + 1) for a in d)
     with pytest.raises(ValueError, match="masks.levels"):
         Labeler(config_from_dict({**base, "masks": {"levels": "tree"}}, LabelConfig(backbone="classic"))).label_batch([img])
+
+
+def test_cpu_workers_give_the_same_labels_and_overlap_batches(labeled, tmp_path):
+    """--cpu-workers: the per-image CPU stages in spawned processes, one batch in flight."""
+    out = tmp_path / "w"
+    assert main(["--input", str(SAMPLES), "--output", str(out), *FAST, "--cpu-workers", "1", "--batch-size", "2"]) == 0
+    for p in sorted(SAMPLES.glob("*.jpg")):
+        a = json.loads((out / p.with_suffix(".json").name).read_text())["annotations"]
+        b = json.loads((labeled / p.with_suffix(".json").name).read_text())["annotations"]
+        assert a == b
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images_labeled"] == 3 and {"atoms_merge", "masks"} <= set(s["stage_s"])
+    with pytest.raises(ValueError, match="cpu_workers"):
+        Labeler(LabelConfig(backbone="classic"), cpu_workers=-1)
+
+
+def test_an_image_failing_in_the_cpu_stages_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    from unsam import pipeline
+
+    real = pipeline.Labeler._tail
+
+    def tail(self, im, items, feats_i, work_hw, times):
+        if im.shape[0] == 240:  # exactly one of the samples is 240 high
+            raise RuntimeError("planted failure")
+        return real(self, im, items, feats_i, work_hw, times)
+
+    heights = [Image.open(p).size[1] for p in sorted(SAMPLES.glob("*.jpg"))]
+    assert heights.count(240) == 1
+    monkeypatch.setattr(pipeline.Labeler, "_tail", tail)
+    out = tmp_path / "out"
+    assert main(["--input", str(SAMPLES), "--output", str(out), *FAST, "--max-cuts", "1", "--batch-size", "3"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images_labeled"] == 2 and s["images_skipped"] == 1
+    assert "planted failure" in s["skipped"][0]["reason"] and s["skipped"][0]["reason"].startswith("error: RuntimeError")
+    assert len([p for p in out.glob("*.json") if p.name != "summary.json"]) == 2

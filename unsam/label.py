@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers, 0: in the main process (default 2)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the kernels (default: torch's)")
+    g.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=None,
+        help="processes for the per-image CPU stages (atoms, masks, RLE), overlapping the next batch's GPU work "
+        "(default: with --gpu, the CPU cores left after the decoding workers, at most 16; on CPU 0)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -171,11 +179,25 @@ def _run(args, device, rank: int, world: int, dist) -> int:
         return 2
     from unsam.pipeline import Labeler
 
+    cpu_workers = args.cpu_workers
+    if cpu_workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpu_workers = min(16, max(0, cores // max(1, world) - 1 - max(0, args.workers))) if device.type == "cuda" else 0
+    if cpu_workers < 0:
+        print(f"error: --cpu-workers should be >= 0, got {cpu_workers}", file=sys.stderr)
+        return 2
     try:
-        labeler = Labeler(cfg, device=device)
+        labeler = Labeler(cfg, device=device, cpu_workers=cpu_workers)
     except (RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        return _label_all(args, labeler, device, paths, root, out_dir, rank, world, dist)
+    finally:
+        labeler.close()
+
+
+def _label_all(args, labeler, device, paths, root, out_dir, rank: int, world: int, dist) -> int:
     if rank == 0:
         import yaml
 
@@ -220,6 +242,52 @@ def _run(args, device, rank: int, world: int, dist) -> int:
     t_wait = 0.0
     t_write = 0.0
     t_mark = time.perf_counter()
+    def submit(good: list) -> list:
+        """The batch's futures; if its batched stages fail, one image at a time."""
+        try:
+            return labeler.submit_batch([it["image"].numpy() for it in good])
+        except Exception as e:  # one failing batch must not end the run: retry one by one
+            log.warning("batch failed (%s); retrying its images one by one", e)
+            futs = []
+            for it in good:
+                try:
+                    futs.extend(labeler.submit_batch([it["image"].numpy()]))
+                except Exception as e1:  # noqa: BLE001
+                    f: Future = Future()
+                    f.set_exception(e1)
+                    futs.append(f)
+            return futs
+
+    def drain(good: list, futs: list) -> None:
+        nonlocal n_done, n_masks, t_write
+        for it, anns in zip(good, labeler.collect(futs, errors="return")):
+            idx, p, rel, out = jobs[it["index"]]
+            if isinstance(anns, Exception):
+                skipped.append((str(p), f"error: {type(anns).__name__}: {anns}"))
+                bar.update(1)
+                continue
+            t0 = time.perf_counter()
+            h, w = it["image"].shape[:2]
+            record = {"image": image_record(idx + 1, rel.as_posix(), w, h), "annotations": anns}
+            try:
+                write_json_atomic(out, record)
+                if args.save_vis:
+                    from unsam.vis import save_overlay
+
+                    save_overlay(it["image"].numpy(), anns, out_dir / "vis" / rel.with_suffix(".jpg"))
+            except OSError as e:
+                skipped.append((str(p), f"unwritable: {e}"))
+                bar.update(1)
+                continue
+            t_write += time.perf_counter() - t0
+            n_done += 1
+            n_masks += len(anns)
+            bar.update(1)
+            bar.set_postfix(masks_per_img=f"{n_masks / n_done:.0f}")
+
+    # One batch in flight: batch k's CPU stages run on the workers while batch k + 1's
+    # batched stages run here (with no workers, submit() has done everything already).
+    pending = None
     for batch in loader:
         t_wait += time.perf_counter() - t_mark
         good = []
@@ -229,42 +297,13 @@ def _run(args, device, rank: int, world: int, dist) -> int:
                 bar.update(1)
             else:
                 good.append(item)
-        if good:
-            try:
-                results = labeler.label_batch([it["image"].numpy() for it in good])
-            except Exception as e:  # one failing batch must not end the run: retry one by one
-                log.warning("batch failed (%s); retrying its images one by one", e)
-                results = []
-                for it in good:
-                    try:
-                        results.append(labeler.label_batch([it["image"].numpy()])[0])
-                    except Exception as e1:  # noqa: BLE001
-                        results.append(e1)
-            for it, anns in zip(good, results):
-                idx, p, rel, out = jobs[it["index"]]
-                if isinstance(anns, Exception):
-                    skipped.append((str(p), f"error: {type(anns).__name__}: {anns}"))
-                    bar.update(1)
-                    continue
-                t0 = time.perf_counter()
-                h, w = it["image"].shape[:2]
-                record = {"image": image_record(idx + 1, rel.as_posix(), w, h), "annotations": anns}
-                try:
-                    write_json_atomic(out, record)
-                    if args.save_vis:
-                        from unsam.vis import save_overlay
-
-                        save_overlay(it["image"].numpy(), anns, out_dir / "vis" / rel.with_suffix(".jpg"))
-                except OSError as e:
-                    skipped.append((str(p), f"unwritable: {e}"))
-                    bar.update(1)
-                    continue
-                t_write += time.perf_counter() - t0
-                n_done += 1
-                n_masks += len(anns)
-                bar.update(1)
-                bar.set_postfix(masks_per_img=f"{n_masks / n_done:.0f}")
+        futs = submit(good) if good else None
+        if pending is not None:
+            drain(*pending)
+        pending = (good, futs) if good else None
         t_mark = time.perf_counter()
+    if pending is not None:
+        drain(*pending)
     bar.close()
     wall = time.perf_counter() - t_start
     times = dict(labeler.timings)

@@ -170,9 +170,18 @@ class Labeler:
         cfg: the configuration (backbone defaults are filled in).
         device: where features and kernels run ("cpu" or "cuda").
         extractor: a ready extractor (tests); built from ``cfg`` when None.
+        cpu_workers: processes for the per-image CPU stages (atoms, masks, RLE);
+            0 runs them in this process. The GPU stages are batched and fast,
+            while these stages are host code, one image at a time: on a GPU with
+            N spare CPU cores, N workers run N images at once and the next batch's
+            GPU work overlaps them (:meth:`submit_batch`). Workers are spawned
+            (not forked: the parent may hold a CUDA context) on first use and
+            live until :meth:`close`.
     """
 
-    def __init__(self, cfg: LabelConfig | None = None, device: str | torch.device = "cpu", extractor=None):
+    def __init__(
+        self, cfg: LabelConfig | None = None, device: str | torch.device = "cpu", extractor=None, cpu_workers: int = 0
+    ):
         from unsam.features import BACKBONES, build_extractor
 
         cfg = cfg or LabelConfig()
@@ -184,6 +193,35 @@ class Labeler:
         self.extractor = extractor or build_extractor(cfg.backbone, checkpoint=cfg.checkpoint, device=self.device)
         self.patch = self.extractor.patch_size
         self.timings: dict[str, float] = {}
+        if cpu_workers < 0:
+            raise ValueError(f"cpu_workers should be >= 0, got {cpu_workers}")
+        self.cpu_workers = int(cpu_workers)
+        self._pool = None
+
+    def close(self) -> None:
+        """Stop the CPU worker processes (if any); the labeler can still be used (they restart)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Labeler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _workers(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                self.cpu_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(self.cfg,),
+            )
+        return self._pool
 
     def _add(self, key: str, dt: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + dt
@@ -192,9 +230,34 @@ class Labeler:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.inference_mode()
     def label_batch(self, images: list[np.ndarray]) -> list[list[dict]]:
         """Label decoded images ([H, W, 3] uint8 RGB each): one annotation list per image."""
+        return self.collect(self.submit_batch(images))
+
+    def collect(self, futures: list, errors: str = "raise") -> list:
+        """Results of :meth:`submit_batch` in order (waits for the workers); their stage
+        times are added to ``timings``. errors="return": a failed image's exception is
+        returned in its place instead of raised."""
+        out = []
+        for f in futures:
+            try:
+                anns, times = f.result()
+            except Exception as e:
+                if errors == "raise":
+                    raise
+                out.append(e)
+                continue
+            for k, v in times.items():
+                self._add(k, v)
+            out.append(anns)
+        return out
+
+    @torch.inference_mode()
+    def submit_batch(self, images: list[np.ndarray]) -> list:
+        """Run the batched (GPU) stages now and the per-image CPU stages on the workers:
+        one future per image, for :meth:`collect`. Without workers the futures are done."""
+        from concurrent.futures import Future
+
         if not images:
             return []
         cfg = self.cfg
@@ -250,21 +313,35 @@ class Labeler:
                 found.extend(extra)
         out = []
         nlev = len(cfg.conquer.thresholds)
+        use_feats = cfg.atoms.enabled and cfg.atoms.w_feat != 0.0
         for i, (im, items, found, (wh, ww)) in enumerate(zip(images, region_items, conquered, work)):
-            h, w = im.shape[:2]
             if not cfg.masks.output_divide_regions:
                 items = []
             for c, box, crop in found:
                 # Score: how many thresholds the cluster survives unchanged (stable segments first).
                 score = 0.25 + 0.75 * c.persistence / nlev
                 items.append(MaskItem(box, crop, score, "conquer", {"first_level": c.first_level}))
-            if cfg.atoms.enabled:
-                snap = [m for m in items if m.source == "divide"] if cfg.atoms.snap_divide else None
-                items.extend(
-                    atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats[i], self.timings, snap)
-                )
-            out.append(self._finish(items, im, h, w, (wh, ww)))
+            fi = feats[i] if use_feats else None
+            if self.cpu_workers:
+                out.append(self._workers().submit(_worker_tail, im, items, None if fi is None else fi.cpu(), (wh, ww)))
+                continue
+            f: Future = Future()
+            try:
+                times: dict[str, float] = {}
+                f.set_result((self._tail(im, items, fi, (wh, ww), times), times))
+            except Exception as e:  # noqa: BLE001 - handed to collect(), like a worker's
+                f.set_exception(e)
+            out.append(f)
         return out
+
+    def _tail(self, im: np.ndarray, items: list[MaskItem], feats_i, work_hw: tuple[int, int], times: dict) -> list[dict]:
+        """The per-image CPU stages: atoms, then the mask stage (:meth:`_finish`)."""
+        cfg = self.cfg
+        wh, ww = work_hw
+        if cfg.atoms.enabled:
+            snap = [m for m in items if m.source == "divide"] if cfg.atoms.snap_divide else None
+            items = items + atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats_i, times, snap)
+        return self._finish(items, im, im.shape[0], im.shape[1], work_hw, times)
 
     def _region_pixels(self, regs: list[Region], h: int, w: int) -> list[np.ndarray]:
         """Pixel masks of the divide regions, disjoint among regions of the same depth
@@ -281,8 +358,15 @@ class Labeler:
             out.append(m)
         return out
 
-    def _finish(self, items: list[MaskItem], image: np.ndarray, h: int, w: int, work_hw: tuple[int, int]) -> list[dict]:
-        """Masks at working resolution work_hw -> annotations at the image's h x w."""
+    def _finish(
+        self, items: list[MaskItem], image: np.ndarray, h: int, w: int, work_hw: tuple[int, int], times: dict | None = None
+    ) -> list[dict]:
+        """Masks at working resolution work_hw -> annotations at the image's h x w (stage times into ``times``)."""
+        times = self.timings if times is None else times
+
+        def add(key: str, dt: float) -> None:
+            times[key] = times.get(key, 0.0) + dt
+
         t0 = time.perf_counter()
         cfg = self.cfg.masks
         full_h, full_w = h, w
@@ -294,7 +378,7 @@ class Labeler:
         for m in items:
             m.score = float(m.score * np.sqrt(m.area / (h * w)))
         if not items:
-            self._add("masks", time.perf_counter() - t0)
+            add("masks", time.perf_counter() - t0)
             return []
         if self.cfg.refine != "none":
             # Refine only what survives a first NMS (refinement is the costly step).
@@ -339,8 +423,8 @@ class Labeler:
         items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou, ov.inter, ladder(items))
         t1 = time.perf_counter()
         anns = to_annotations(items, parents, levels, full_h, full_w, work_hw=work_hw)
-        self._add("masks", t1 - t0)
-        self._add("output", time.perf_counter() - t1)
+        add("masks", t1 - t0)
+        add("output", time.perf_counter() - t1)
         return anns
 
 
@@ -407,3 +491,21 @@ def _prune(
         p = new_parents[i]
         levels[i] = fixed[i] if i in fixed else (levels[p] + 1 if p >= 0 else 0)
     return kept, new_parents, levels
+
+
+# ---------------------------------------------------------------- CPU workers
+_WORKER: Labeler | None = None
+
+
+def _worker_init(cfg: LabelConfig) -> None:
+    """In a spawned worker: a CPU labeler for the per-image stages (no extractor is built)."""
+    global _WORKER
+    torch.set_num_threads(1)  # one image per worker; the workers are the parallelism
+    lab = Labeler.__new__(Labeler)
+    lab.cfg, lab.device, lab.timings, lab.cpu_workers, lab._pool = cfg, torch.device("cpu"), {}, 0, None
+    _WORKER = lab
+
+
+def _worker_tail(im: np.ndarray, items: list[MaskItem], feats_i, work_hw: tuple[int, int]):
+    times: dict[str, float] = {}
+    return _WORKER._tail(im, items, feats_i, work_hw, times), times
