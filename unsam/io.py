@@ -536,8 +536,9 @@ def annotation_record(
     Args:
         ann_id: id, unique within the image.
         segmentation: COCO RLE dict (``size``, ``counts``) or a binary mask ``[H, W]``.
-        level: granularity index.
-        parent_id: id of the smallest larger mask holding (``contain`` of) this one, or ``None`` for a root.
+        level: granularity level (0 = coarsest; see the README's output format).
+        parent_id: id of the parent mask (a partition region: the region holding it one level up;
+            another mask: the smallest larger mask holding ``contain`` of it), or ``None`` for a root.
         score: confidence.
         source: ``"divide"``, ``"conquer"``, ``"atoms"`` or ``"partition"``.
         area, bbox: computed from the RLE when omitted.

@@ -5,9 +5,10 @@ annotations, side by side, each panel showing the masks of that level filled
 with a translucent colour and outlined. Colours come from the annotation id,
 so the same mask has the same colour in every picture and every run.
 
-Panel order: ascending ``level`` from left to right. In unsam's hierarchy a
-mask's ``level`` is its depth under ``parent_id`` (0 = roots, the coarsest
-masks), so the panels go from coarse (left) to fine (right).
+Panel order: ascending ``level`` from left to right. In unsam's hierarchy
+``level`` is a granularity level (0 = the whole image; a partition-ladder
+region's level is the cut where it first appears, another mask's is its
+parent's + 1), so the panels go from coarse (left) to fine (right).
 
 PIL + numpy only (no matplotlib): this runs in labeling workers.
 """
