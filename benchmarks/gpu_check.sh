@@ -3,13 +3,13 @@
 # build with the machine's torch, run the `cuda` tests and the GPU benchmarks,
 # and leave everything under $OUT (results JSON named after the card).
 #
-#   device run:  UNSAM_DATA=.gpudata bash benchmarks/gpu_check.sh   (timeout ~420 s, carry [".whl", ".gpudata"])
+#   device run:  UNSAM_DATA=.gpudata bash benchmarks/gpu_check.sh   (timeout ~520 s, carry [".whl", ".gpudata"])
 #
 # Prepare here, in the repo root (both folders are git-ignored via .git/info/exclude):
 #   echo /.whl/ >> .git/info/exclude; echo /.gpudata/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pycocotools==2.0.11
-#   mkdir -p .gpudata/bsds500/images/val && cp $(ls ../shared/data/bsds500/images/val/*.jpg | head -16) .gpudata/bsds500/images/val/
+#   mkdir -p .gpudata/bsds500/images/val && cp $(ls ../shared/data/bsds500/images/val/*.jpg | head -32) .gpudata/bsds500/images/val/
 # Each step has its own time limit so that one slow step cannot eat the lease;
 # every log and the results JSON are written to $OUT as the steps finish
 # (7 files: the device tool returns at most 8).
@@ -47,11 +47,11 @@ step cuda_tests 90 tests -m cuda -q
 if [ -n "${UNSAM_DATA:-}" ]; then
   for dev in "" "--gpu"; do
     s=$(date +%s)
-    timeout 60 $PY -m unsam.label -i "$UNSAM_DATA/bsds500/images/val" -o /tmp/lab$dev --backbone classic --limit 8 $dev --quiet \
+    timeout 60 $PY -m unsam.label -i "$UNSAM_DATA/bsds500/images/val" -o /tmp/lab$dev --backbone classic --batch-size 8 $dev --quiet \
       >> "$OUT/label.log" 2>&1; echo "== unsam.label ${dev:-cpu}: rc $?, $(( $(date +%s) - s )) s, $(ls /tmp/lab$dev/*.json 2>/dev/null | wc -l) json"
   done
 fi
 step bench_kernels 100 benchmarks/test_kernels_bench.py --benchmark -s -q -m cuda
-step bench_pipeline 100 benchmarks/test_pipeline_bench.py --benchmark -s -q -m cuda
-step bench_train 120 benchmarks/test_train_bench.py --benchmark -s -q -m cuda
+step bench_pipeline 150 benchmarks/test_pipeline_bench.py --benchmark -s -q -m cuda
+step bench_train 150 benchmarks/test_train_bench.py --benchmark -s -q -m cuda
 ls -la "$OUT"

@@ -164,9 +164,10 @@ def test_pipeline_sa1b_full_size(labeler, published_labeler):
 def test_pipeline_gpu_dino_vitb8():
     """dino_vitb8 with random weights of the right shape (speed does not depend on weights).
 
-    Rows: batch 1 and 16 with the label defaults, and batch 16 without the atom
-    stage (a CPU host op), so the atoms' share of GPU throughput is measured.
-    The baseline in the same process is the CPU ``classic`` labeler.
+    Batches of 8, with the per-image CPU stages in this process (``cpu_workers=0``)
+    or on worker processes with one batch in flight (what ``unsam.label --gpu``
+    does), with the label defaults and without the atom stage. The baseline in
+    the same process is the CPU ``classic`` labeler.
     """
     from unsam.kernels import cuda_available
 
@@ -176,21 +177,27 @@ def test_pipeline_gpu_dino_vitb8():
 
     ex = build_extractor("dino_vitb8", pretrained=False, device="cuda")
     rows = []
-    imgs = _images("bsds500/images/val", 16)
-    runs = [("defaults", 1, {}), ("defaults", len(imgs), {}), ("atoms off", len(imgs), {"atoms": {"enabled": False}})]
-    for name, batch, over in runs:
+    imgs = _images("bsds500/images/val", 32)
+    batch = 8
+    workers = min(16, max(1, (os.cpu_count() or 2) - 2))
+    for name, over in (("defaults", {}), ("atoms off", {"atoms": {"enabled": False}})):
         cfg = config_from_dict(over, LabelConfig(backbone="dino_vitb8"))
-        lab = Labeler(cfg, device="cuda", extractor=ex)
-        lab.label_batch(imgs[:batch])  # warm-up
-        lab.timings.clear()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for s in range(0, len(imgs), batch):
-            lab.label_batch(imgs[s : s + batch])
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-        rows.append(dict(config=name, batch=batch, images_per_s=len(imgs) / wall,
-                         **{f"{k}_ms": 1e3 * v / len(imgs) for k, v in lab.timings.items()}))
+        for nw in (0, workers):
+            with Labeler(cfg, device="cuda", extractor=ex, cpu_workers=nw) as lab:
+                lab.label_batch(imgs[:batch])  # warm-up (and the workers' start)
+                lab.timings.clear()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                pending = None
+                for s in range(0, len(imgs), batch):
+                    futs = lab.submit_batch(imgs[s : s + batch])
+                    if pending is not None:
+                        lab.collect(pending)
+                    pending = futs
+                lab.collect(pending)
+                wall = time.perf_counter() - t0
+            rows.append(dict(config=name, batch=batch, cpu_workers=nw, images_per_s=len(imgs) / wall,
+                             **{f"{k}_ms": 1e3 * v / len(imgs) for k, v in lab.timings.items()}))
     cpu = Labeler(LabelConfig(backbone="classic"))
     t0 = time.perf_counter()
     cpu.label_batch(imgs[:2])

@@ -146,10 +146,29 @@ __device__ __forceinline__ void merge_heap_push(MergeHeapEntry* heap, int64_t& s
 
 // ops::merge_dot8 by an 8-lane group (k = lane in group, mask = the group's
 // lanes); every lane of the group returns the same value.
+//
+// The loads of 8 steps are issued before their products are summed: the sums
+// live in global memory (6 MB per 32 x 32 x 768 region, far beyond L2 with a
+// few hundred regions in flight), so one load at a time left each dot product
+// ~96 memory round trips long, and phase 2 (one dot per neighbour) dominated
+// every merge. The additions still run one by one in channel order, so the
+// result is bit-identical to the plain loop.
 __device__ __forceinline__ double merge_dot8_group(const double* x, const double* y, int64_t c,
                                                    int k, unsigned mask) {
+  constexpr int kSteps = 8;
   double acc = 0.0;
-  for (int64_t i = k; i < c; i += 8) acc = __dadd_rn(acc, __dmul_rn(x[i], y[i]));
+  int64_t i = k;
+  for (; i + 8 * (kSteps - 1) < c; i += 8 * kSteps) {
+    double xv[kSteps], yv[kSteps];
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) {
+      xv[j] = x[i + 8 * j];
+      yv[j] = y[i + 8 * j];
+    }
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) acc = __dadd_rn(acc, __dmul_rn(xv[j], yv[j]));
+  }
+  for (; i < c; i += 8) acc = __dadd_rn(acc, __dmul_rn(x[i], y[i]));
   acc = __dadd_rn(acc, __shfl_xor_sync(mask, acc, 1));  // a0+a1, a2+a3, a4+a5, a6+a7
   acc = __dadd_rn(acc, __shfl_xor_sync(mask, acc, 2));  // (a0+a1)+(a2+a3), (a4+a5)+(a6+a7)
   acc = __dadd_rn(acc, __shfl_xor_sync(mask, acc, 4));  // the two halves
