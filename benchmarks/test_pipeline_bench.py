@@ -165,8 +165,8 @@ def test_pipeline_gpu_dino_vitb8():
     """dino_vitb8 with random weights of the right shape (speed does not depend on weights).
 
     Batches of 8, with the per-image CPU stages in this process (``cpu_workers=0``)
-    or on worker processes with one batch in flight (what ``unsam.label --gpu``
-    does), with the label defaults and without the atom stage. The baseline in
+    or on worker processes with enough batches in flight to keep them busy (what
+    ``unsam.label --gpu`` does), with the label defaults and without the atom stage. The baseline in
     the same process is the CPU ``classic`` labeler.
     """
     from unsam.kernels import cuda_available
@@ -188,13 +188,15 @@ def test_pipeline_gpu_dino_vitb8():
                 lab.timings.clear()
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                pending = None
+                # As unsam.label does: enough batches in flight to keep every worker busy.
+                depth = -(-nw // batch) if nw else 0
+                pending = []
                 for s in range(0, len(imgs), batch):
-                    futs = lab.submit_batch(imgs[s : s + batch])
-                    if pending is not None:
-                        lab.collect(pending)
-                    pending = futs
-                lab.collect(pending)
+                    pending.append(lab.submit_batch(imgs[s : s + batch]))
+                    while len(pending) > depth:
+                        lab.collect(pending.pop(0))
+                for futs in pending:
+                    lab.collect(futs)
                 wall = time.perf_counter() - t0
             rows.append(dict(config=name, batch=batch, cpu_workers=nw, images_per_s=len(imgs) / wall,
                              **{f"{k}_ms": 1e3 * v / len(imgs) for k, v in lab.timings.items()}))

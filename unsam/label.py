@@ -13,6 +13,7 @@ The library holds every default (``unsam.pipeline.LabelConfig``); the CLI and
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import sys
@@ -285,9 +286,12 @@ def _label_all(args, labeler, device, paths, root, out_dir, rank: int, world: in
             bar.update(1)
             bar.set_postfix(masks_per_img=f"{n_masks / n_done:.0f}")
 
-    # One batch in flight: batch k's CPU stages run on the workers while batch k + 1's
-    # batched stages run here (with no workers, submit() has done everything already).
-    pending = None
+    # Batches in flight: while the workers run the CPU stages of earlier batches, this
+    # process runs the next batch's batched stages. Enough batches stay in flight to
+    # keep every worker busy (one batch of 8 would idle 6 of 14 workers and make each
+    # round wait for its slowest image); with no workers submit() has done everything.
+    depth = max(1, -(-labeler.cpu_workers // max(1, args.batch_size))) if labeler.cpu_workers else 0
+    pending: collections.deque = collections.deque()
     for batch in loader:
         t_wait += time.perf_counter() - t_mark
         good = []
@@ -297,13 +301,13 @@ def _label_all(args, labeler, device, paths, root, out_dir, rank: int, world: in
                 bar.update(1)
             else:
                 good.append(item)
-        futs = submit(good) if good else None
-        if pending is not None:
-            drain(*pending)
-        pending = (good, futs) if good else None
+        if good:
+            pending.append((good, submit(good)))
+        while len(pending) > depth:
+            drain(*pending.popleft())
         t_mark = time.perf_counter()
-    if pending is not None:
-        drain(*pending)
+    while pending:
+        drain(*pending.popleft())
     bar.close()
     wall = time.perf_counter() - t_start
     times = dict(labeler.timings)
