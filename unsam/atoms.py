@@ -222,6 +222,42 @@ def partition_ladder(n: int, merges: np.ndarray, counts: list[int]) -> tuple[np.
     return np.asarray(nodes, np.int64), np.asarray(levels, np.int64), np.asarray(parents, np.int64)
 
 
+def _node_extents(n: int, merges: np.ndarray, area: np.ndarray, boxes: np.ndarray):
+    """Area, box and leaf interval of every dendrogram node (n leaves, merge i makes n + i).
+
+    The leaves are laid out in depth-first order (each merge's first child, then its
+    second; the trees of a forest one after another), so every node's leaves are the
+    positions lo[x] .. hi[x] - 1. Returns (area float64 [n + M], boxes as a list of
+    int tuples, lo, hi int64 [n + M]). Plain-int loops: O(n + M), no per-node numpy call.
+    """
+    m = len(merges)
+    ab = merges.tolist()
+    size = [1] * n + [0] * m
+    ar = area.tolist() + [0.0] * m
+    bx = [tuple(b) for b in boxes.tolist()] + [None] * m
+    for i, (a, b) in enumerate(ab):
+        c = n + i
+        size[c] = size[a] + size[b]
+        ar[c] = ar[a] + ar[b]
+        p, q = bx[a], bx[b]
+        bx[c] = (min(p[0], q[0]), min(p[1], q[1]), max(p[2], q[2]), max(p[3], q[3]))
+    absorbed = [False] * (n + m)
+    for a, b in ab:
+        absorbed[a] = absorbed[b] = True
+    lo = [0] * (n + m)
+    start = 0
+    for x in range(n + m):  # roots in id order, each tree after the previous one
+        if not absorbed[x]:
+            lo[x] = start
+            start += size[x]
+    for i in range(m - 1, -1, -1):  # parents before children: a parent's id is larger
+        a, b = ab[i]
+        lo[a] = lo[n + i]
+        lo[b] = lo[n + i] + size[a]
+    lo_a = np.asarray(lo, np.int64)
+    return np.asarray(ar, np.float64), bx, lo_a, lo_a + np.asarray(size, np.int64)
+
+
 def dendrogram_nodes(n: int, merges: np.ndarray, sims: np.ndarray, atom_birth: float):
     """Birth and death similarity of every node of a dendrogram (n leaves, merges [M, 2]; -inf: never absorbed)."""
     m = len(merges)
@@ -293,13 +329,7 @@ def atom_masks(
         # whole image is a mask of its own elsewhere; give it the lowest merge).
         floor = float(sims.min()) if len(sims) else 0.0
         death = np.where(np.isfinite(death), death, min(floor, atom_birth) - 1.0)
-        all_area = np.concatenate([area, np.zeros(len(merges))])
-        all_box = np.concatenate([boxes, np.zeros((len(merges), 4), np.int64)])
-        for i, (a, b) in enumerate(merges):
-            c = n + i
-            all_area[c] = all_area[a] + all_area[b]
-            all_box[c] = (min(all_box[a, 0], all_box[b, 0]), min(all_box[a, 1], all_box[b, 1]),
-                          max(all_box[a, 2], all_box[b, 2]), max(all_box[a, 3], all_box[b, 3]))
+        all_area, all_box, lo, hi = _node_extents(n, merges, area, boxes)
         pers = birth - death
         rank = pers * np.sqrt(all_area / (h * w))
         chosen = np.argsort(-rank, kind="stable")[: cfg.max_nodes]
@@ -309,20 +339,13 @@ def atom_masks(
             nodes, lv, par = partition_ladder(n, merges, partition_counts(cfg.partition_ratio, cfg.partition_max_regions))
             spine = {int(x): (int(l), int(nodes[p]) if p >= 0 else -1) for x, l, p in zip(nodes, lv, par)}
             chosen = np.concatenate([nodes, chosen[~np.isin(chosen, nodes)]])
-        # Leaves of the chosen nodes: walk down the dendrogram.
-        lut = np.zeros(n, bool)
+        # A node's atoms are the positions lo..hi-1 of the dendrogram's leaf order:
+        # its mask is two comparisons on the box of the order-position image.
+        order_img = lo[:n][atoms]
         for node in chosen.tolist():
-            stack, leaves = [node], []
-            while stack:
-                x = stack.pop()
-                if x < n:
-                    leaves.append(x)
-                else:
-                    stack.extend(merges[x - n].tolist())
-            x0, y0, x1, y1 = (int(v) for v in all_box[node])
-            lut[leaves] = True
-            crop = lut[atoms[y0:y1, x0:x1]]
-            lut[leaves] = False
+            x0, y0, x1, y1 = all_box[node]
+            r = order_img[y0:y1, x0:x1]
+            crop = (r >= lo[node]) & (r < hi[node])
             # Output scores live in [0, 1]: persistence in units of the ceiling
             # (an atom that stays separate down to similarity 0 scores 1).
             score = float(np.clip(pers[node] / max(ceiling, 1e-12), 0.0, 1.0))

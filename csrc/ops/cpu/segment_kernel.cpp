@@ -10,8 +10,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <queue>
 #include <vector>
 
@@ -51,6 +53,37 @@ class UnionFind {
   std::vector<int64_t> size_;
 };
 
+// Sorts by weight, stably: equal weights keep the raster order of generation
+// (deterministic). An LSD radix sort on the weights' bit patterns, 3 passes of
+// 11 bits: the weights are square roots of sums of squares, non-negative
+// floats, which order like their bit patterns as unsigned integers, and every
+// pass is stable, so the order is exactly std::stable_sort's by w. Sorting was
+// most of graph_segment's time (2.8 M edges at 1024 x 683: 0.2 s by
+// std::stable_sort).
+void sort_pixel_edges(std::vector<PixelEdge>& edges) {
+  constexpr int kBits = 11;
+  constexpr uint32_t kMask = (1u << kBits) - 1;
+  auto key = [](const PixelEdge& e) {
+    uint32_t u;
+    std::memcpy(&u, &e.w, sizeof u);
+    return u;
+  };
+  std::vector<PixelEdge> tmp(edges.size());
+  for (int shift = 0; shift < 32; shift += kBits) {
+    std::array<size_t, kMask + 1> start{};
+    for (const PixelEdge& e : edges) ++start[(key(e) >> shift) & kMask];
+    if (std::any_of(start.begin(), start.end(), [&](size_t n) { return n == edges.size(); })) continue;
+    size_t sum = 0;
+    for (size_t& v : start) {
+      const size_t t = v;
+      v = sum;
+      sum += t;
+    }
+    for (const PixelEdge& e : edges) tmp[start[(key(e) >> shift) & kMask]++] = e;
+    edges.swap(tmp);
+  }
+}
+
 std::vector<PixelEdge> pixel_edges(const float* img, int64_t h, int64_t w, int64_t c) {
   std::vector<PixelEdge> edges;
   edges.reserve(static_cast<size_t>(4 * h * w));
@@ -71,9 +104,7 @@ std::vector<PixelEdge> pixel_edges(const float* img, int64_t h, int64_t w, int64
       if (y + 1 < h && x > 0) add(p, p + w - 1);
     }
   }
-  // Stable: equal weights keep the raster order of generation (deterministic).
-  std::stable_sort(edges.begin(), edges.end(),
-                   [](const PixelEdge& x, const PixelEdge& y) { return x.w < y.w; });
+  sort_pixel_edges(edges);
   return edges;
 }
 
