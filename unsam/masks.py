@@ -203,7 +203,7 @@ class Overlaps:
             return np.zeros((len(rows), k), np.int64)
         left = self._matrix(rows, weighted=True)
         right = self._matrix(list(range(k)), weighted=False)
-        return (left @ right.T.tocsc()).toarray().astype(np.int64)
+        return (left @ right.T.tocsc()).toarray().astype(np.int64, copy=False)  # int64 already: no copy
 
     def update(self, rows: list[int]) -> None:
         """Masks ``rows`` changed (e.g. clipped): recompute their rows and columns."""

@@ -403,7 +403,7 @@ class Labeler:
         if cfg.levels not in ("partition", "depth"):
             raise ValueError(f"masks.levels should be 'partition' or 'depth', got {cfg.levels!r}")
 
-        def ladder(its):  # the partition-ladder masks: never suppressed, never clipped
+        def ladder(its):  # the partition-ladder masks: never suppressed, never pruned
             on = cfg.levels == "partition"
             return np.array([on and "partition_level" in m.meta for m in its], bool)
 
