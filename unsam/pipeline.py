@@ -176,7 +176,8 @@ class Labeler:
             N spare CPU cores, N workers run N images at once and the next batch's
             GPU work overlaps them (:meth:`submit_batch`). Workers are spawned
             (not forked: the parent may hold a CUDA context) on first use and
-            live until :meth:`close`.
+            live until :meth:`close`; as with any spawned process, a script
+            using them needs the ``if __name__ == "__main__":`` guard.
     """
 
     def __init__(
