@@ -322,3 +322,20 @@ def test_an_image_failing_in_the_cpu_stages_is_skipped_with_its_reason(tmp_path,
     assert s["images_labeled"] == 2 and s["images_skipped"] == 1
     assert "planted failure" in s["skipped"][0]["reason"] and s["skipped"][0]["reason"].startswith("error: RuntimeError")
     assert len([p for p in out.glob("*.json") if p.name != "summary.json"]) == 2
+
+
+def test_a_dead_cpu_worker_fails_its_images_and_the_pool_restarts():
+    import os
+    import signal
+
+    img = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB"))
+    cfg = config_from_dict({"divide": {"max_cuts": 1}}, LabelConfig(backbone="classic"))
+    with Labeler(cfg, cpu_workers=1) as lab:
+        first = lab.label_batch([img])[0]
+        for pid in list(lab._pool._processes):  # the worker dies (as if killed for memory)
+            os.kill(pid, signal.SIGKILL)
+        futs = lab.submit_batch([img])
+        got = lab.collect(futs, errors="return")
+        # The image in flight fails (or, if the death was noticed first, went to a fresh pool).
+        assert isinstance(got[0], Exception) or got[0] == first
+        assert lab.label_batch([img])[0] == first  # a fresh pool serves the next images

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,6 +225,19 @@ class Labeler:
             )
         return self._pool
 
+    def _submit(self, *args):
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._workers().submit(_worker_tail, *args)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): the images it held fail in
+            # collect(); later ones go to a fresh pool.
+            logging.getLogger(__name__).warning("a CPU worker died; starting a fresh worker pool")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            return self._workers().submit(_worker_tail, *args)
+
     def _add(self, key: str, dt: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + dt
 
@@ -324,7 +338,7 @@ class Labeler:
                 items.append(MaskItem(box, crop, score, "conquer", {"first_level": c.first_level}))
             fi = feats[i] if use_feats else None
             if self.cpu_workers:
-                out.append(self._workers().submit(_worker_tail, im, items, None if fi is None else fi.cpu(), (wh, ww)))
+                out.append(self._submit(im, items, None if fi is None else fi.cpu(), (wh, ww)))
                 continue
             f: Future = Future()
             try:
