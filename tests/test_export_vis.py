@@ -219,3 +219,32 @@ class TestOverlay:
         with pytest.raises(ValueError, match="mask size"):
             vis.render_overlay(img[:-1], anns)
         assert len({vis.mask_color(i) for i in range(1, 50)}) == 49
+
+
+def test_partition_panels_show_the_whole_partition_of_their_level():
+    from unsam import io, vis
+
+    h, w = 8, 8
+    whole = np.ones((h, w), bool)
+    left = np.zeros((h, w), bool)
+    left[:, :4] = True
+    top_left = np.zeros((h, w), bool)
+    top_left[:4, :4] = True
+    anns = [
+        io.annotation_record(1, whole, level=0, parent_id=None, score=1.0, source="partition"),
+        io.annotation_record(2, left, level=1, parent_id=1, score=1.0, source="partition"),
+        io.annotation_record(3, ~left, level=1, parent_id=1, score=1.0, source="partition"),
+        io.annotation_record(4, top_left, level=2, parent_id=2, score=1.0, source="partition"),
+        io.annotation_record(5, left & ~top_left, level=2, parent_id=2, score=1.0, source="partition"),
+    ]
+    img = np.full((h, w, 3), 100, np.uint8)
+    out = vis.render_overlay(img, anns, titles=False, alpha=1.0)
+    panel2 = out[:, 2 * (w + vis.PANEL_GAP) : 2 * (w + vis.PANEL_GAP) + w]
+    # Level 2 is the partition {top-left, bottom-left, right}: the right half, which
+    # stays from level 1, is drawn too, in its own colour.
+    right_px = panel2[2, 6]
+    assert not np.array_equal(right_px, img[0, 0])
+    assert np.array_equal(right_px, np.array(vis.mask_color(3), np.uint8))
+    # Level 1's panel does not show the level-0 root over its regions.
+    panel1 = out[:, (w + vis.PANEL_GAP) : (w + vis.PANEL_GAP) + w]
+    assert np.array_equal(panel1[2, 6], np.array(vis.mask_color(3), np.uint8))

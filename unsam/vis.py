@@ -2,7 +2,8 @@
 
 ``save_overlay`` draws the image once per ``level`` present in the
 annotations, side by side, each panel showing the masks of that level filled
-with a translucent colour and outlined. Colours come from the annotation id,
+with a translucent colour and outlined (for unsam's partition ladder, the
+whole partition of that level). Colours come from the annotation id,
 so the same mask has the same colour in every picture and every run.
 
 Panel order: ascending ``level`` from left to right. In unsam's hierarchy
@@ -161,6 +162,18 @@ def render_overlay(
     for a in annotations:
         by_level.setdefault(int(a.get("level", 0)), []).append(a)
     levels = _pick_levels(list(by_level), max_panels)
+    # Partition-ladder regions (source "partition") are drawn as the whole
+    # partition of the panel's level: every region present at that cut, not only
+    # the ones it splits off, so each panel is a complete segmentation.
+    part = [a for a in annotations if a.get("source") == "partition"]
+    split_at: dict[Any, int] = {}  # region id -> the level where its first child appears
+    for a in part:
+        pid = a.get("parent_id")
+        if pid is not None:
+            split_at[pid] = min(split_at.get(pid, 1 << 30), int(a["level"]))
+    for lvl in levels:
+        present = [a for a in part if int(a["level"]) < lvl and split_at.get(a["id"], 1 << 30) > lvl]
+        by_level[lvl] = present + by_level[lvl]
 
     panels: list[Image.Image] = []
     for lvl in levels:
