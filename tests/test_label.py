@@ -339,3 +339,14 @@ def test_a_dead_cpu_worker_fails_its_images_and_the_pool_restarts():
         # The image in flight fails (or, if the death was noticed first, went to a fresh pool).
         assert isinstance(got[0], Exception) or got[0] == first
         assert lab.label_batch([img])[0] == first  # a fresh pool serves the next images
+
+
+def test_auto_cpu_workers():
+    from unsam.label import auto_cpu_workers
+
+    assert auto_cpu_workers(True, True, 16) == 13  # 16 cores - this process - 2 decoding workers
+    assert auto_cpu_workers(True, True, 64, world=8) == 5  # 8 ranks share 64 cores
+    assert auto_cpu_workers(True, True, 128) == 16  # capped
+    assert auto_cpu_workers(True, True, 2) == 0
+    assert auto_cpu_workers(True, False, 16) == 0  # no atom stage: the host work is light
+    assert auto_cpu_workers(False, True, 16) == 0  # CPU run: the kernels use the cores
