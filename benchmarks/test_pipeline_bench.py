@@ -188,8 +188,7 @@ def test_pipeline_gpu_dino_vitb8():
                 lab.timings.clear()
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                # As unsam.label does: enough batches in flight to keep every worker busy.
-                depth = -(-nw // batch) if nw else 0
+                depth = lab.batches_in_flight(batch)  # as unsam.label does
                 pending = []
                 for s in range(0, len(imgs), batch):
                     pending.append(lab.submit_batch(imgs[s : s + batch]))

@@ -302,10 +302,9 @@ def _label_all(args, labeler, device, paths, root, out_dir, rank: int, world: in
             bar.set_postfix(masks_per_img=f"{n_masks / n_done:.0f}")
 
     # Batches in flight: while the workers run the CPU stages of earlier batches, this
-    # process runs the next batch's batched stages. Enough batches stay in flight to
-    # keep every worker busy (one batch of 8 would idle 6 of 14 workers and make each
-    # round wait for its slowest image); with no workers submit() has done everything.
-    depth = max(1, -(-labeler.cpu_workers // max(1, args.batch_size))) if labeler.cpu_workers else 0
+    # process runs the next batch's batched stages; with no workers submit() has done
+    # everything already.
+    depth = labeler.batches_in_flight(args.batch_size)
     pending: collections.deque = collections.deque()
     for batch in loader:
         t_wait += time.perf_counter() - t_mark

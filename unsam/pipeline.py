@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unsam.atoms import AtomConfig, atom_masks
+from unsam.atoms import AtomConfig, atom_masks, partition_counts
 from unsam.conquer import ConquerConfig, conquer_batch, upsample_masks
 from unsam.divide import DivideConfig, Region, divide_batch
 from unsam.masks import (
@@ -139,6 +139,11 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
         cfg.whole_image_size = 1024
     if cfg.divide_size < 2 * spec.patch_size:
         raise ValueError(f"config: divide_size should be >= {2 * spec.patch_size}, got {cfg.divide_size}")
+    # Checked here, not per image: a bad value fails the run at once, not every image.
+    if cfg.masks.levels not in ("partition", "depth"):
+        raise ValueError(f"config: masks.levels should be 'partition' or 'depth', got {cfg.masks.levels!r}")
+    if cfg.atoms.partition_scale is not None:
+        partition_counts(cfg.atoms.partition_ratio, cfg.atoms.partition_max_regions)  # raises on bad values
     return cfg
 
 
@@ -224,6 +229,12 @@ class Labeler:
                 initargs=(self.cfg,),
             )
         return self._pool
+
+    def batches_in_flight(self, batch_size: int) -> int:
+        """How many submitted batches to leave uncollected so every worker stays busy
+        (one batch of 8 idles 6 of 14 workers and each round waits for its slowest
+        image: 3.7 instead of 4.3 images/s on the H200 run); 0 without workers."""
+        return -(-self.cpu_workers // max(1, batch_size)) if self.cpu_workers else 0
 
     def _submit(self, *args):
         from concurrent.futures.process import BrokenProcessPool
@@ -415,9 +426,6 @@ class Labeler:
         ov = Overlaps(items, h, w)
         if cfg.clip_to_parent:
             ov.update(clip_to_parents(items, parents_from_intersections(ov.inter, cfg.contain)))
-        if cfg.levels not in ("partition", "depth"):
-            raise ValueError(f"masks.levels should be 'partition' or 'depth', got {cfg.levels!r}")
-
         def ladder(its):  # the partition-ladder masks: never suppressed, never pruned
             on = cfg.levels == "partition"
             return np.array([on and "partition_level" in m.meta for m in its], bool)
