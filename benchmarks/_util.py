@@ -100,3 +100,48 @@ def image_patch_feats(size: int = 480, patch: int = 8, index: int = 0) -> torch.
     pos = torch.stack([ys.flatten(), xs.flatten()], 1)
     centred = torch.cat([mean - mean.mean(0), 2 * std, 0.3 * pos], 1)
     return torch.cat([centred, centred[:, :6] ** 2 - (centred[:, :6] ** 2).mean(0)], 1)
+
+
+def part_feats(seed: int = 0, c: int = 768, h: int = 32, w: int = 32, noise: float = 0.75) -> torch.Tensor:
+    """Features that merge across every threshold, as DINO keys of a crop do: [h, w, c].
+
+    Objects -> parts -> sub-parts as nested Voronoi cells of the grid (4, then 3
+    and 3 per cell), each level adding its own random direction (objects with
+    a random weight, all sharing one common direction), plus per-patch noise.
+    Single patches are about 0.6 similar inside a sub-part; sums of many
+    patches lose the noise, so sub-parts, parts and objects merge at
+    successively lower thresholds.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def voronoi(cells: np.ndarray, k: int) -> np.ndarray:
+        out = np.zeros((h, w), np.int64)
+        nxt = 0
+        for r in np.unique(cells):
+            inside = cells == r
+            pts = np.argwhere(inside)
+            seeds = pts[rng.choice(len(pts), size=min(k, len(pts)), replace=False)]
+            d = (yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2
+            out[inside] = nxt + d.argmin(-1)[inside]
+            nxt += len(seeds)
+        return out
+
+    obj = voronoi(np.zeros((h, w), np.int64), 4)
+    part = voronoi(obj, 3)
+    sub = voronoi(part, 3)
+    g = torch.Generator().manual_seed(seed)
+
+    def dirs(n: int) -> torch.Tensor:
+        return torch.randn(n, c, generator=g)
+
+    shared = torch.randn(c, generator=g)
+    w_obj = torch.from_numpy(rng.uniform(0.35, 0.7, obj.max() + 1)).float()[:, None]
+    f = (
+        0.35 * shared
+        + (w_obj * dirs(obj.max() + 1))[obj]
+        + 0.6 * dirs(part.max() + 1)[part]
+        + 0.75 * dirs(sub.max() + 1)[sub]
+        + noise * torch.randn(h, w, c, generator=g)
+    )
+    return f.float()

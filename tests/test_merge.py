@@ -3,6 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks._util import part_feats
 from conftest import grid_feats
 from unsam.kernels import DEFAULT_THRESHOLDS, merge_levels, merge_levels_reference
 
@@ -34,6 +35,16 @@ class TestMergeLevels:
         got = merge_levels(f, valid=valid)
         assert torch.equal(got, merge_levels_reference(f, valid=valid))
         assert (got[:, ~valid] == -1).all() and (got[:, valid] >= 0).all()
+
+    @pytest.mark.parametrize("c", [13, 64])
+    def test_identical_on_features_that_merge_at_every_threshold(self, c):
+        # Nested parts: clusters merge across all thresholds, so most similarities
+        # the kernel uses were first bounds (lazy evaluation), then computed.
+        f = part_feats(seed=c, c=c, h=16, w=16, noise=0.75 * (c / 768) ** 0.5)
+        got = merge_levels(f)
+        counts = [len(torch.unique(level)) for level in got]
+        assert len(set(counts)) >= 3, counts  # the input really merges at several levels
+        assert torch.equal(got, merge_levels_reference(f))
 
     def test_batched_equals_single_and_mixed_valid(self):
         f = torch.stack([grid_feats(12, 12, seed=s) for s in range(5)])

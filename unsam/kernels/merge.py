@@ -69,7 +69,8 @@ def merge_levels(
         if valid.device != feats.device:
             raise ValueError(f"{op}: valid is on {valid.device} but feats is on {feats.device}")
     check_device(feats, "feats", op)
-    check_finite(feats, "feats", op)
+    if feats.device.type != "cpu":  # the CPU kernel checks while it reads (a separate pass cost 2 ms per 32 x 32 x 768)
+        check_finite(feats, "feats", op)
     labels = ops().merge_levels(feats.float(), valid, thr)
     return labels[0] if single else labels
 
