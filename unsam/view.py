@@ -155,6 +155,7 @@ class LabelSet:
     """
 
     def __init__(self, root: str | os.PathLike[str], images: str | os.PathLike[str] | None = None) -> None:
+        self.name = os.fspath(root)  # as the user gave it: the page's title
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ViewError(f"label folder {root} does not exist or is not a folder")
@@ -385,7 +386,7 @@ class Viewer:
 
     def info(self) -> dict[str, Any]:
         def side(s: LabelSet) -> dict[str, Any]:
-            return {"folder": str(s.root), "images": len(s), "images_root": str(s.images_root) if s.images_root else None, "images_how": s.images_how}
+            return {"folder": str(s.root), "name": s.name, "images": len(s), "images_root": str(s.images_root) if s.images_root else None, "images_how": s.images_how}
 
         return {
             "main": side(self.labels),

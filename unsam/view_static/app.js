@@ -215,6 +215,8 @@
     return (x, y) => m[(x - x0) * bw + (y - y0)] === 1;
   }
 
+  const blit = document.createElement('canvas'), blitCtx = blit.getContext('2d');
+
   /** Draw the pixels of box where inside(x, y) on a layer canvas, filled and outlined (wide: 2 px); returns the dirty rect. */
   function drawLayer(d, ctx, box, inside, fillC, edgeC, fillA, wide) {
     const g = d.grid, [x0, y0, x1, y1] = box;
@@ -240,7 +242,11 @@
         buf[i] = edge ? e : f;
       }
     }
-    ctx.putImageData(img, u0, v0);
+    // drawImage blends (putImageData would overwrite what another mask drew in this box).
+    blit.width = bw;
+    blit.height = bh;
+    blitCtx.putImageData(img, 0, 0);
+    ctx.drawImage(blit, u0, v0);
     return [u0, v0, bw, bh];
   }
 
@@ -463,7 +469,7 @@
       }
       if (S.cand && s.name === 'main' && S.cand.key === S.key) {
         const c = S.cand.list[S.cand.on];
-        if (c) drawLayer(d, s.ctx.sel, c.box, runsInside(c.runs, d.H, c.box), CAND_COLORS[S.cand.on % CAND_COLORS.length], [255, 255, 255], 0.45, true);
+        if (c) drawLayer(d, s.ctx.sel, c.box, runsInside(c.runs, d.H, c.box), CAND_COLORS[S.cand.on % CAND_COLORS.length], [255, 255, 255], 0.6, true);
         const u = ((S.cand.point.y + 0.5) * d.grid.cw) / d.H, v = ((S.cand.point.x + 0.5) * d.grid.ch) / d.W; // transposed
         s.ctx.sel.fillStyle = '#ff0040';
         s.ctx.sel.fillRect(u - 6, v - 1, 13, 3);
@@ -688,6 +694,17 @@
     const s = S.sides.find((v) => v.name === sideName), r = s.stage.getBoundingClientRect();
     return { x: r.left + (x + 0.5) * S.scale, y: r.top + (y + 0.5) * S.scale };
   };
+  /** Alpha of a layer ('over', 'hover', 'sel') where it shows image pixel (x, y): what is drawn there. */
+  view.layerAlpha = (sideName, layer, x, y) => {
+    const s = S.sides.find((v) => v.name === sideName), g = s?.d?.grid;
+    if (!g) return null;
+    const u = Math.floor(((y + 0.5) * g.cw) / s.d.H), v = Math.floor(((x + 0.5) * g.ch) / s.d.W);
+    return s.ctx[layer].getImageData(u, v, 1, 1).data[3];
+  };
+  view.select = (sideName, id) => {
+    const d = S.sides.find((v) => v.name === sideName)?.d, i = d?.byId.get(id);
+    select(i === undefined ? null : { side: sideName, i });
+  };
   view.setLevel = (l) => { S.levelSet = true; setLevel(l); };
   view.segments = (sideName = 'main') => S.sides.find((s) => s.name === sideName)?.d?.nSeg ?? null;
   view.maskAt = (sideName, x, y) => {
@@ -722,9 +739,11 @@
   async function start() {
     bind();
     S.info = await (await fetch('/api/info')).json();
-    $('#folder').textContent = S.info.main.folder;
-    S.sides = [makeSide('main', S.info.main.folder)];
-    if (S.info.compare) S.sides.push(makeSide('compare', S.info.compare.folder));
+    $('#folder').textContent = S.info.main.name;
+    $('#folder').title = S.info.main.folder;
+    document.title = `${S.info.main.name} · unsam.view`;
+    S.sides = [makeSide('main', S.info.main.name)];
+    if (S.info.compare) S.sides.push(makeSide('compare', S.info.compare.name));
     $('#model-section').hidden = !S.info.model;
     const m = /#key=([^&]*)/.exec(location.hash);
     const key = m ? decodeURIComponent(m[1]) : null;
