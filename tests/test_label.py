@@ -286,7 +286,7 @@ def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
     by_id = {a["id"]: a for a in d}
     assert all(a["level"] == (0 if a["parent_id"] is None else by_id[a["parent_id"]]["level"] + 1) for a in d)
     with pytest.raises(ValueError, match="masks.levels"):
-        Labeler(config_from_dict({**base, "masks": {"levels": "tree"}}, LabelConfig(backbone="classic"))).label_batch([img])
+        Labeler(config_from_dict({**base, "masks": {"levels": "bogus"}}, LabelConfig(backbone="classic"))).label_batch([img])
 
 
 def test_cpu_workers_give_the_same_labels_and_overlap_batches(labeled, tmp_path):
@@ -308,10 +308,10 @@ def test_an_image_failing_in_the_cpu_stages_is_skipped_with_its_reason(tmp_path,
 
     real = pipeline.Labeler._tail
 
-    def tail(self, im, items, feats_i, work_hw, times):
+    def tail(self, im, items, snap, feats_i, work_hw, times):
         if im.shape[0] == 240:  # exactly one of the samples is 240 high
             raise RuntimeError("planted failure")
-        return real(self, im, items, feats_i, work_hw, times)
+        return real(self, im, items, snap, feats_i, work_hw, times)
 
     heights = [Image.open(p).size[1] for p in sorted(SAMPLES.glob("*.jpg"))]
     assert heights.count(240) == 1

@@ -42,6 +42,7 @@ early prototype.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,10 @@ __all__ = [
     "AtomConfig",
     "atom_masks",
     "colour_histograms",
+    "compact_labels",
     "dendrogram_nodes",
     "lab_bins",
+    "nest_partitions",
     "partition_counts",
     "partition_ladder",
     "snap_to_atoms",
@@ -156,6 +159,35 @@ def snap_to_atoms(items: list[MaskItem], atoms: np.ndarray) -> None:
             continue
         m.box, m.crop = (0, 0, atoms.shape[1], atoms.shape[0]), keep[atoms]
         m.tighten()
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..n-1 in order of first appearance in sorted label order."""
+    _, inv = np.unique(labels, return_inverse=True)
+    return inv.reshape(labels.shape).astype(np.int64)
+
+
+def nest_partitions(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Make a fine -> coarse list of partitions ([H, W] int labels each) exactly nested.
+
+    Level 0 is kept (renumbered 0..n-1); each next level is replaced by the
+    coarsening of the previous one in which every previous region joins the
+    region of ``parts[k]`` it overlaps most (ties: the lower label). Returns
+    int64 label maps, labels 0..n_k-1.
+    """
+    if not parts:
+        return []
+    out = [compact_labels(np.asarray(parts[0]))]
+    for p in parts[1:]:
+        prev = out[-1]
+        cur = compact_labels(np.asarray(p))
+        if cur.shape != prev.shape:
+            raise ValueError(f"nest_partitions: partitions differ in shape: {prev.shape} vs {cur.shape}")
+        n_prev, n_cur = int(prev.max()) + 1, int(cur.max()) + 1
+        overlap = np.bincount((prev * n_cur + cur).ravel(), minlength=n_prev * n_cur).reshape(n_prev, n_cur)
+        assign = overlap.argmax(1)  # argmax takes the first (lowest label) of equal maxima
+        out.append(compact_labels(assign)[prev])
+    return out
 
 
 def partition_counts(ratio: float, max_regions: int) -> list[int]:
@@ -294,8 +326,6 @@ def atom_masks(
     h, w = image.shape[:2]
     labels = graph_segment(image, sorted(cfg.scales), cfg.min_size, cfg.sigma).numpy()
     if cfg.nest and len(labels) > 1:
-        from unsam.baselines import nest_partitions
-
         labels = np.stack(nest_partitions(list(labels)))
     codes = lab_bins(image, cfg.bins)
     if snap:
@@ -354,7 +384,9 @@ def atom_masks(
             source = "atoms"
             if node in spine:
                 # The partition levels, for the mask stage (see MaskConfig.levels).
-                meta.update(partition_node=node, partition_level=spine[node][0], partition_parent=spine[node][1])
+                meta.update(partition_level=spine[node][0], key=("partition", node))
+                if spine[node][1] >= 0:
+                    meta["up"] = ("partition", spine[node][1])
                 source = "partition"
             items.append(MaskItem((x0, y0, x1, y1), crop, score, source, meta))
     timings["atoms_segment"] = timings.get("atoms_segment", 0.0) + (t1 - t0)

@@ -57,6 +57,7 @@ from unsam.io import (
     read_label_json,
     write_json_atomic,
 )
+from unsam.atoms import compact_labels, nest_partitions
 from unsam.kernels.segment import adjacent_pairs
 from unsam.masks import MaskItem, to_annotations
 
@@ -102,35 +103,6 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
         raise ValueError(f"image should be uint8 [H, W, 3] RGB, got {a.dtype} {tuple(a.shape)}")
     return a
-
-
-def _compact(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 0..n-1 in order of first appearance in sorted label order."""
-    _, inv = np.unique(labels, return_inverse=True)
-    return inv.reshape(labels.shape).astype(np.int64)
-
-
-def nest_partitions(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Make a fine -> coarse list of partitions ([H, W] int labels each) exactly nested.
-
-    Level 0 is kept (renumbered 0..n-1); each next level is replaced by the
-    coarsening of the previous one in which every previous region joins the
-    region of ``parts[k]`` it overlaps most (ties: the lower label). Returns
-    int64 label maps, labels 0..n_k-1.
-    """
-    if not parts:
-        return []
-    out = [_compact(np.asarray(parts[0]))]
-    for p in parts[1:]:
-        prev = out[-1]
-        cur = _compact(np.asarray(p))
-        if cur.shape != prev.shape:
-            raise ValueError(f"nest_partitions: partitions differ in shape: {prev.shape} vs {cur.shape}")
-        n_prev, n_cur = int(prev.max()) + 1, int(cur.max()) + 1
-        overlap = np.bincount((prev * n_cur + cur).ravel(), minlength=n_prev * n_cur).reshape(n_prev, n_cur)
-        assign = overlap.argmax(1)  # argmax takes the first (lowest label) of equal maxima
-        out.append(_compact(assign)[prev])
-    return out
 
 
 def fh_partitions(image: np.ndarray, cfg: FHConfig | None = None) -> list[np.ndarray]:
@@ -198,7 +170,7 @@ def merge_by_colour(labels: np.ndarray, lab: np.ndarray, thresholds: Sequence[fl
             for c in nbrs[a]:
                 x, y = (a, c) if a < c else (c, a)
                 heapq.heappush(heap, (dist(x, y), x, y, version[x], version[y]))
-        out.append(_compact(np.array([find(i) for i in range(n)])))
+        out.append(compact_labels(np.array([find(i) for i in range(n)])))
     return out
 
 
@@ -212,7 +184,7 @@ def slic_partitions(image: np.ndarray, cfg: SLICConfig | None = None) -> list[np
     sp = slic(
         img, n_segments=cfg.n_segments, compactness=cfg.compactness, sigma=cfg.sigma, start_label=0, channel_axis=-1
     )
-    sp = _compact(sp)
+    sp = compact_labels(sp)
     maps = merge_by_colour(sp, rgb2lab(img), cfg.thresholds)
     return [sp] + [m[sp] for m in maps]
 

@@ -3,9 +3,15 @@
 All regions of an image (or of several images) are cropped and resized in one
 ``grid_sample`` call, their features come from one batched backbone call, and
 ``merge_levels`` runs on all of them at once. Each distinct cluster is emitted
-once, with the range of levels at which it exists, then brought back to
-pixels (bilinear upsample of its grid mask, threshold 0.5) and kept when more
-than ``inside_frac`` of it lies inside its divide region.
+once, with the range of levels at which it exists and its parent in the merge
+tree (the cluster it merges into at the next coarser threshold; the top
+clusters' parent is their divide region, ALGORITHM.md §3.4), then brought back
+to pixels (bilinear upsample of its grid mask, threshold 0.5) and kept when
+more than ``inside_frac`` of it lies inside its divide region.
+
+Entry point: :func:`conquer_batch` (settings: :class:`ConquerConfig`): images
+and their divide regions in, the clusters as masks
+(:class:`~unsam.masks.MaskItem`, source "conquer") out.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from unsam.kernels import DEFAULT_THRESHOLDS, merge_levels
+from unsam.masks import MaskItem, interp_matrix, interp_spans
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Cluster:
     first_level: int  #: finest level at which it exists
     last_level: int  #: coarsest level at which it still exists unchanged
     grid: np.ndarray  #: [g, g] bool member patches
+    parent: int = -1  #: index (in the region's list) of the cluster it merges into; -1: none (a top cluster)
 
     @property
     def persistence(self) -> int:
@@ -70,49 +78,21 @@ def crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     return F.grid_sample(image.expand(r, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """Rows of bilinear weights (align_corners=False, edge-clamped), as F.interpolate uses."""
-    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, None)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = (src - i0).astype(np.float32)
-    m = np.zeros((n_out, n_in), np.float32)
-    np.add.at(m, (np.arange(n_out), i0), 1.0 - lam)
-    np.add.at(m, (np.arange(n_out), i1), lam)
-    return m
-
-
-def _spans(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each input index i: the output index range [lo, hi) with nonzero weight on i."""
-    nz = r > 0
-    lo = nz.argmax(0)
-    hi = nz.shape[0] - nz[::-1].argmax(0)
-    return lo, hi
-
-
-def upsample_masks(grids: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Grid masks [K, g, g'] -> [K, height, width] bool: bilinear upsample, threshold 0.5.
-
-    Bilinear interpolation is separable, so it is two small matrix products
-    (Ry G Rx^T) per mask instead of a gather per output pixel.
-    """
-    ry = _interp_matrix(height, grids.shape[1])
-    rx = _interp_matrix(width, grids.shape[2])
-    return (ry @ grids @ rx.T) > 0.5
-
-
 def clusters_from_labels(labels: np.ndarray, region: int, min_size: int) -> list[Cluster]:
-    """Distinct clusters of one region's labels [L, g, g] (ids = smallest member index).
+    """Distinct clusters of one region's labels [L, g, g] (ids = smallest member index), with parents.
 
     A cluster with id c at level l is the same mask as (l + 1, c) exactly when
     both have the same size (clusters only grow, and the id of an unchanged
-    cluster is unchanged), so each distinct member set is emitted once.
+    cluster is unchanged), so each distinct member set is emitted once. Its
+    parent is the cluster holding it at the level after its last (that one
+    changed there, so it is emitted, and it is larger, so it has min_size too).
     """
     nlev = labels.shape[0]
     flat = labels.reshape(nlev, -1)
     npx = flat.shape[1]
     counts = [np.bincount(flat[l][flat[l] >= 0], minlength=npx) for l in range(nlev)]
-    out = []
+    out: list[Cluster] = []
+    index: dict[tuple[int, int], int] = {}  # (first level, id) -> position in out
     for l in range(nlev):
         ids = np.flatnonzero(counts[l] >= min_size)
         for c in ids:
@@ -121,7 +101,12 @@ def clusters_from_labels(labels: np.ndarray, region: int, min_size: int) -> list
             last = l
             while last + 1 < nlev and counts[last + 1][c] == counts[l][c]:
                 last += 1
+            index[(l, int(c))] = len(out)
             out.append(Cluster(region, l, last, (flat[l] == c).reshape(labels.shape[1:])))
+    for cl in out:
+        if cl.last_level + 1 < nlev:
+            member = int(np.flatnonzero(cl.grid.reshape(-1))[0])
+            cl.parent = index[(cl.last_level + 1, int(flat[cl.last_level + 1][member]))]
     return out
 
 
@@ -131,25 +116,29 @@ def conquer_batch(
     extractor: Callable[[torch.Tensor], torch.Tensor],
     cfg: ConquerConfig | None = None,
     timings: dict | None = None,
-) -> list[list[tuple[Cluster, tuple[int, int, int, int], np.ndarray]]]:
+    tag: str = "conquer",
+) -> list[list[MaskItem]]:
     """Conquer every divide region of several images in one feature pass and one merge call.
 
     images: [3, H, W] float in [0, 1] each (on the extractor's device); regions: per image,
-    (box (x0, y0, x1, y1), crop [y1-y0, x1-x0] bool[, sample_box]) of each divide region,
-    box and crop at the mask (working) resolution; ``sample_box`` is the same box in the
-    image's pixels when that resolution differs (crops are sampled from the full image).
-    Returns per image (cluster, box, crop mask) for each kept mask at the working
-    resolution; cluster.region indexes the regions.
+    (box (x0, y0, x1, y1), crop [y1-y0, x1-x0] bool, sample_box, key) of each region: box
+    and crop at the mask (working) resolution, ``sample_box`` the same box in the image's
+    pixels (crops are sampled from the full image), ``key`` the region's tree key (None for
+    no parent). Returns per image the kept clusters as masks at the working resolution
+    (source "conquer"), each with ``meta`` first_level, ``key`` (``tag``, ...; unique per
+    call, so give calls on the same image different tags) and ``up``
+    (its kept parent cluster, else the region's key). Score: the share of the thresholds
+    the cluster survives unchanged (0.25 + 0.75 * persistence / levels).
     """
     cfg = cfg or ConquerConfig()
     timings = timings if timings is not None else {}
-    jobs = []  # (image index, region index, box)
+    jobs = []  # (image index, region index, box, sample box)
     for ii, regs in enumerate(regions):
         for ri, reg in enumerate(regs):
             box = reg[0]
             if box[2] > box[0] and box[3] > box[1]:
-                jobs.append((ii, ri, box, reg[2] if len(reg) > 2 else box))
-    out: list[list] = [[] for _ in images]
+                jobs.append((ii, ri, box, reg[2]))
+    out: list[list[MaskItem]] = [[] for _ in images]
     if not jobs:
         return out
     t0 = time.perf_counter()
@@ -166,19 +155,21 @@ def conquer_batch(
     t1 = time.perf_counter()
     labels = merge_levels(feats, cfg.thresholds).cpu().numpy()
     t2 = time.perf_counter()
+    nlev = len(cfg.thresholds)
     for j, (ii, ri, (x0, y0, x1, y1), _) in enumerate(jobs):
-        region_crop = regions[ii][ri][1]
+        region_crop, region_key = regions[ii][ri][1], regions[ii][ri][3]
         clusters = clusters_from_labels(labels[j], ri, cfg.min_size)
         if not clusters:
             continue
         bh, bw = y1 - y0, x1 - x0
         g_h, g_w = clusters[0].grid.shape
-        ry, rx = _interp_matrix(bh, g_h), _interp_matrix(bw, g_w)
+        ry, rx = interp_matrix(bh, g_h), interp_matrix(bw, g_w)
         # Output rows (cols) that grid row (col) i reaches: a cluster is upsampled over
         # its own grid box only, so small clusters cost little in a large region.
-        ylo, yhi = _spans(ry)
-        xlo, xhi = _spans(rx)
-        for c in clusters:
+        ylo, yhi = interp_spans(ry)
+        xlo, xhi = interp_spans(rx)
+        kept: dict[int, MaskItem] = {}
+        for ci, c in enumerate(clusters):
             gr = np.flatnonzero(c.grid.any(1))
             gc = np.flatnonzero(c.grid.any(0))
             r0, r1, c0, c1 = gr[0], gr[-1] + 1, gc[0], gc[-1] + 1
@@ -191,7 +182,17 @@ def conquer_batch(
             ta, tb = rows.argmax(), rows.size - rows[::-1].argmax()
             la, lb = cols.argmax(), cols.size - cols[::-1].argmax()
             box = (x0 + xa + int(la), y0 + ya + int(ta), x0 + xa + int(lb), y0 + ya + int(tb))
-            out[ii].append((c, box, np.ascontiguousarray(m[ta:tb, la:lb])))
+            score = 0.25 + 0.75 * c.persistence / nlev  # stable segments first
+            key = (tag, j, ci)
+            kept[ci] = MaskItem(box, np.ascontiguousarray(m[ta:tb, la:lb]), score, "conquer", {"first_level": c.first_level, "key": key})
+        for ci, item in kept.items():
+            p = clusters[ci].parent
+            while p >= 0 and p not in kept:  # the nearest kept ancestor in the merge tree
+                p = clusters[p].parent
+            up = kept[p].meta["key"] if p >= 0 else region_key
+            if up is not None:
+                item.meta["up"] = up
+            out[ii].append(item)
     t3 = time.perf_counter()
     timings["features_conquer"] = timings.get("features_conquer", 0.0) + (t1 - t0)
     timings["merge"] = timings.get("merge", 0.0) + (t2 - t1)

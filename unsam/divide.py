@@ -7,6 +7,24 @@ trained detector here (up to 100 regions); we have none, so after the
 MaskCut cuts the uncovered background is split into its connected parts and
 every large region is cut again inside its own graph (recursion), until the
 regions cover the image or the cuts stop being meaningful.
+
+Entry point: :func:`divide_images` (settings: :class:`DivideConfig`) — patch
+features in, each image's regions as pixel masks (:class:`~unsam.masks.MaskItem`)
+out. :func:`divide_batch` is its first half (the regions on the patch grid).
+
+Two bipartition rules (``DivideConfig.rule``):
+
+- ``"published"`` — MaskCut as released (CutLER ``maskcut.py``): the mean
+  split, the seed and the three-corner flip over all N patches (covered ones,
+  whose features are zeroed, included), the seed's 4-connected component; a
+  cut whose IoU with the previous cut's mask is above ``max_prev_iou`` or that
+  covers at most ``min_area`` of the patches is dropped (never the first) and,
+  as published, leaves the graph as it was, so the next cut sees the same graph.
+- ``"uncovered"`` — the same rule restricted to the patches no earlier cut
+  covers (mean, seed and component among them); a dropped cut's patches count
+  as covered, and two drops end the image. With many cuts the published rule
+  lets the covered patches (which all share one eigenvector value) join and
+  dominate later cuts; this rule keeps each cut about the rest of the image.
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ import torch
 
 from unsam.kernels import affinity, lanczos_fiedler
 from unsam.kernels.graph import mask_graph, pack_bits, popcount_rows, subgraph
+from unsam.masks import MaskItem
 
 _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
@@ -38,6 +57,27 @@ class DivideConfig:
     max_regions: int = 60  #: cap on regions per image
     tol: float = 1e-5  #: Lanczos residual tolerance
     max_iter: int = 200  #: Lanczos step cap
+    rule: str = "uncovered"  #: bipartition and drop rule: "uncovered" or "published" (module docstring)
+    # Grid -> pixels. "bilinear": bilinear upsample of the grid mask to the working
+    # resolution, threshold 0.5. "published": as MaskCut writes its masks: nearest
+    # upsample to the divide resolution, later masks lose the patches of earlier ones
+    # there, then PIL's default resize (bicubic) to the image size, threshold at half
+    # the maximum.
+    upsample: str = "bilinear"  #: "bilinear" or "published"
+
+
+DIVIDE_RULES = ("uncovered", "published")
+UPSAMPLE_RULES = ("bilinear", "published")
+
+
+def check_divide_config(cfg: DivideConfig) -> None:
+    """Raise ValueError for settings the stage cannot run with (checked once per run)."""
+    if cfg.rule not in DIVIDE_RULES:
+        raise ValueError(f"config: divide.rule should be one of {', '.join(DIVIDE_RULES)}, got {cfg.rule!r}")
+    if cfg.upsample not in UPSAMPLE_RULES:
+        raise ValueError(f"config: divide.upsample should be one of {', '.join(UPSAMPLE_RULES)}, got {cfg.upsample!r}")
+    if cfg.max_cuts < 0 or cfg.max_regions < 0 or cfg.recursive_depth < 0:
+        raise ValueError("config: divide.max_cuts, max_regions and recursive_depth should be >= 0")
 
 
 @dataclass
@@ -87,6 +127,24 @@ def bipartition(x: np.ndarray, allowed: np.ndarray, corners: bool = True) -> tup
         seed = int(np.nanargmax(xm))
     fg &= allowed
     return _component(fg, seed), seed
+
+
+def bipartition_published(x: np.ndarray) -> np.ndarray:
+    """MaskCut's rule as released, over all patches of a 2-D eigenvector x [gh, gw]:
+    foreground = x above its mean; seed = argmax |x|; flip if >= 3 corners are
+    foreground, else if the seed is not; after a flip the seed is argmax(-x),
+    else argmax(x); the mask is the seed's 4-connected foreground component."""
+    flat = x.reshape(-1)
+    fg = flat > flat.sum() / flat.size
+    seed = int(np.argmax(np.abs(flat)))
+    grid = fg.reshape(x.shape)
+    corners = int(grid[0, 0]) + int(grid[0, -1]) + int(grid[-1, 0]) + int(grid[-1, -1])
+    if corners >= 3 or not fg[seed]:
+        fg = ~fg
+        seed = int(np.argmax(-flat))
+    else:
+        seed = int(np.argmax(flat))
+    return _component(fg.reshape(x.shape), seed)
 
 
 def _ncut_value(bits: torch.Tensor, deg: torch.Tensor, a: np.ndarray, eps: float) -> float:
@@ -147,7 +205,9 @@ def divide_batch(feats: torch.Tensor, cfg: DivideConfig | None = None) -> list[l
     x_all: torch.Tensor | None = None
     for step in range(cfg.max_cuts):
         for st in states:
-            if st.covered.mean() > 1 - cfg.min_area or len(st.regions) >= cfg.max_regions:
+            # The published loop makes its N cuts whatever they cover.
+            full = cfg.rule != "published" and st.covered.mean() > 1 - cfg.min_area
+            if full or len(st.regions) >= cfg.max_regions:
                 st.done = True
         active = [i for i, st in enumerate(states) if not st.done]
         if not active:
@@ -168,6 +228,19 @@ def divide_batch(feats: torch.Tensor, cfg: DivideConfig | None = None) -> list[l
         lams = lam.cpu().numpy()
         for j, i in enumerate(active):
             st = states[i]
+            if cfg.rule == "published":
+                mask = bipartition_published(xs[j])
+                dropped = step > 0 and (
+                    (st.prev is not None and _iou(mask, st.prev) > cfg.max_prev_iou) or mask.mean() <= cfg.min_area
+                )
+                if dropped:
+                    st.prev = None  # as published: the next cut sees the same graph, compared with nothing
+                    continue
+                ncut = _ncut_value(b[j], d[j], mask.reshape(-1), cfg.eps)
+                st.regions.append(Region(mask, float(lams[j]), ncut, 0, -1))
+                st.covered |= mask
+                st.prev = mask
+                continue
             mask, _ = bipartition(xs[j], ~st.covered)
             too_small = mask.mean() <= cfg.min_area
             duplicate = st.prev is not None and _iou(mask, st.prev) > cfg.max_prev_iou
@@ -225,3 +298,92 @@ def _finish_regions(st: _CutState, bits: torch.Tensor, cfg: DivideConfig) -> lis
             regions.append(Region(part, float(lam), ncut, r.depth + 1, ri))
             todo.append(len(regions) - 1)
     return regions
+
+
+# ------------------------------------------------------------------ pixels
+
+
+def _published_pixels(grid: np.ndarray, divide_size: int, height: int, width: int) -> np.ndarray:
+    """A grid mask as MaskCut writes it: nearest upsample to the divide resolution, PIL's
+    default resize (bicubic) to the image size, foreground above half the maximum."""
+    from PIL import Image
+
+    rep = divide_size // grid.shape[0], divide_size // grid.shape[1]
+    big = np.repeat(np.repeat(grid, rep[0], 0), rep[1], 1)
+    a = np.asarray(Image.fromarray(np.uint8(big * 255)).resize((width, height)))
+    top = int(a.max())
+    return a > top / 2.0 if top > 0 else np.zeros((height, width), bool)
+
+
+def region_pixels(
+    regions: list[Region], work_hw: tuple[int, int], image_hw: tuple[int, int], divide_size: int, cfg: DivideConfig
+) -> list[np.ndarray]:
+    """Pixel masks [h, w] (the working resolution ``work_hw``) of one image's regions, disjoint
+    among regions of the same depth (later masks lose what earlier ones claimed) and inside
+    their parents. ``divide_size``: the side of the square the features were taken at.
+
+    With ``cfg.upsample == "published"`` the claiming happens on the grid (as MaskCut does
+    at its nearest-upsampled resolution) and each mask is made at the image's size first:
+    exactly MaskCut's mask when the working resolution is the image's.
+    """
+    from unsam.masks import upsample_grid_masks
+
+    h, w = work_hw
+    claimed: dict[int, np.ndarray] = {}
+    out: list[np.ndarray] = []
+    for r in regions:
+        if cfg.upsample == "published":
+            g = r.mask.copy()
+            c = claimed.setdefault(r.depth, np.zeros_like(g))
+            g &= ~c
+            if r.parent >= 0:
+                g &= regions[r.parent].mask
+            c |= g
+            m = _published_pixels(g, divide_size, *image_hw)
+            if tuple(image_hw) != tuple(work_hw):  # nearest sampling down to the working resolution
+                ys = ((np.arange(h) + 0.5) * image_hw[0] / h).astype(np.int64)
+                xs = ((np.arange(w) + 0.5) * image_hw[1] / w).astype(np.int64)
+                m = m[ys][:, xs]
+        else:
+            m = upsample_grid_masks(r.mask[None].astype(np.float32), h, w)[0]
+            c = claimed.setdefault(r.depth, np.zeros((h, w), bool))
+            m &= ~c
+            if r.parent >= 0:
+                m &= out[r.parent]
+            c |= m
+        out.append(m)
+    return out
+
+
+def region_items(
+    regions: list[Region], work_hw: tuple[int, int], image_hw: tuple[int, int], divide_size: int, cfg: DivideConfig
+) -> list[MaskItem]:
+    """One image's regions as masks at the working resolution (source "divide"), empty ones
+    dropped. Score: 1 - NCut / 2 (a clean cut scores near 1). ``meta``: the cut's depth,
+    lambda_2 and NCut value, ``key`` ("divide", index) and ``up`` (the region it was cut
+    out of, for the recursive cuts)."""
+    items = []
+    for i, (r, m) in enumerate(zip(regions, region_pixels(regions, work_hw, image_hw, divide_size, cfg))):
+        item = MaskItem((0, 0, m.shape[1], m.shape[0]), m, float(np.clip(1.0 - r.ncut / 2.0, 0.0, 1.0)), "divide")
+        if item.tighten() is None:
+            continue
+        item.meta = {"depth": r.depth, "lam": r.lam, "ncut": r.ncut, "key": ("divide", i)}
+        if r.parent >= 0:
+            item.meta["up"] = ("divide", r.parent)
+        items.append(item)
+    return items
+
+
+def divide_images(
+    feats: torch.Tensor,
+    image_sizes: list[tuple[int, int]],
+    work_sizes: list[tuple[int, int]],
+    divide_size: int,
+    cfg: DivideConfig | None = None,
+) -> list[list[MaskItem]]:
+    """The divide stage: patch features [B, gh, gw, C] of B images (taken at
+    ``divide_size`` x ``divide_size``) -> each image's regions as masks at its working
+    resolution (see :func:`region_items`)."""
+    cfg = cfg or DivideConfig()
+    regions = divide_batch(feats, cfg)
+    return [region_items(r, wk, im, divide_size, cfg) for r, wk, im in zip(regions, work_sizes, image_sizes)]

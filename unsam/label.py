@@ -33,7 +33,7 @@ from unsam.io import (
     read_label_json,
     write_json_atomic,
 )
-from unsam.pipeline import LabelConfig, config_from_dict
+from unsam.pipeline import PRESETS, LabelConfig, default_preset, label_config
 
 log = logging.getLogger("unsam.label")
 
@@ -55,10 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu", action="store_true", help="run on the GPU (cuda:LOCAL_RANK under torchrun)")
     g.add_argument("--backbone", default=None, help=f"feature backbone (default {d.backbone}; 'classic' needs no weights)")
     g.add_argument("--checkpoint", default=None, help="local weights file for the backbone (no download)")
-    g.add_argument("--config", type=Path, default=None, help="YAML file overriding the library defaults")
+    g.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="the algorithm: maskcut (CutLER's MaskCut as published), unsam (the paper's divide and conquer), "
+        f"full (unsam + atoms and partition levels); default: {default_preset('classic')} for classic, "
+        f"{default_preset(d.backbone)} for ViT backbones",
+    )
+    g.add_argument(
+        "--config", type=Path, default=None, help="YAML file overriding the preset (a run's config.yaml works too)"
+    )
     g = ap.add_argument_group("pipeline (override the config)")
     g.add_argument("--divide-size", type=int, default=None, help=f"divide resolution, square (default {d.divide_size})")
-    g.add_argument("--max-cuts", type=int, default=None, help=f"MaskCut cuts per image (default {d.divide.max_cuts})")
+    g.add_argument("--max-cuts", type=int, default=None, help="MaskCut cuts per image (default: the preset's; maskcut 3, unsam and full 10)")
     g.add_argument("--tau", type=float, default=None, help="affinity threshold (default: the backbone's)")
     g.add_argument("--refine", choices=["none", "edge", "snap"], default=None, help=f"mask refinement (default {d.refine})")
     g.add_argument("--max-masks", type=int, default=None, help=f"masks per image at most (default {d.masks.max_masks})")
@@ -79,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_config(args: argparse.Namespace) -> LabelConfig:
-    cfg = LabelConfig()
+    """The run's settings: the preset, then ``--config``, then the flags."""
+    over: dict[str, Any] = {}
     if args.config is not None:
         import yaml
 
@@ -91,17 +102,16 @@ def make_config(args: argparse.Namespace) -> LabelConfig:
             raise InputError(f"--config {args.config}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise InputError(f"--config {args.config}: should be a mapping of settings")
-        cfg = config_from_dict(data, cfg)
-    over: dict[str, Any] = {}
+        over = data
     for name in ("backbone", "checkpoint", "divide_size", "tau", "refine", "max_pixels"):
         v = getattr(args, name)
         if v is not None:
             over[name] = v
     if args.max_cuts is not None:
-        over["divide"] = {"max_cuts": args.max_cuts}
+        over["divide"] = {**(over.get("divide") or {}), "max_cuts": args.max_cuts}
     if args.max_masks is not None:
-        over["masks"] = {"max_masks": args.max_masks}
-    return config_from_dict(over, cfg)
+        over["masks"] = {**(over.get("masks") or {}), "max_masks": args.max_masks}
+    return label_config(over, preset=args.preset)
 
 
 def _dist_info() -> tuple[int, int, int]:

@@ -1,7 +1,22 @@
-"""The labeling pipeline as a readable sequence of stages: features -> divide -> conquer (patch grid and/or atoms) -> masks.
+"""The labeling pipeline: features -> divide -> conquer -> atoms -> masks, composed by presets.
 
-``LabelConfig`` holds every default once (the CLI only overrides it);
-``Labeler`` turns decoded images into SA-1B style annotation lists.
+Each stage is a module with one entry point and its own settings:
+:mod:`unsam.features` (``build_extractor``), :mod:`unsam.divide`
+(``divide_images``, :class:`DivideConfig`), :mod:`unsam.conquer`
+(``conquer_batch``, :class:`ConquerConfig`), :mod:`unsam.atoms` (``atom_masks``,
+:class:`AtomConfig`) and :mod:`unsam.masks` (``mask_stage``, :class:`MaskConfig`;
+it writes the annotation records). :class:`LabelConfig` holds every default
+once (the CLI only overrides it); a **preset** (a small YAML in
+``unsam/presets/``) sets the stages for one algorithm:
+
+- ``maskcut`` — CutLER's MaskCut as published (ALGORITHM.md §2 steps 1-4), no conquer;
+- ``unsam`` — the paper's divide and conquer (§2 divide with this project's extra
+  cuts, §3 conquer as published, the hierarchy from the merge tree);
+- ``full`` — this project's pipeline: UnSAM plus atoms, the partition ladder and
+  divide regions snapped to atoms.
+
+Without a preset, ``classic`` features get ``full`` and ViT backbones ``unsam``
+(:func:`default_preset`). :class:`Labeler` sequences the stages.
 """
 
 from __future__ import annotations
@@ -10,6 +25,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,48 +33,25 @@ import torch
 import torch.nn.functional as F
 
 from unsam.atoms import AtomConfig, atom_masks, partition_counts
-from unsam.conquer import ConquerConfig, conquer_batch, upsample_masks
-from unsam.divide import DivideConfig, Region, divide_batch
-from unsam.masks import (
-    MaskItem,
-    Overlaps,
-    clip_to_parents,
-    nms_from_intersections,
-    pairwise_intersections,
-    parents_from_intersections,
-    to_annotations,
-)
+from unsam.conquer import ConquerConfig, conquer_batch
+from unsam.divide import DivideConfig, check_divide_config, divide_images
+from unsam.masks import MaskConfig, MaskItem, check_mask_config, mask_stage, working_size
 
+__all__ = [
+    "PRESETS",
+    "LabelConfig",
+    "Labeler",
+    "MaskConfig",
+    "config_from_dict",
+    "default_preset",
+    "label_config",
+    "load_preset",
+    "resolve",
+]
 
-@dataclass
-class MaskConfig:
-    """Settings of the mask stage."""
-
-    nms_iou: float = 0.9  #: mask NMS over the whole image (published: windowed, per region)
-    min_area_frac: float = 1e-4  #: drop masks smaller than this fraction of the image...
-    min_area: int = 16  #: ...or than this many pixels
-    # Parents: the smallest larger mask holding >= contain of the child. Masks of
-    # the 4 atom scales nest only approximately, and clipping children to parents
-    # cascades down deep chains: on COCO-mini (20 images) clipping took AR@1000
-    # from 0.225 to 0.161. Exact containment (contain = 1) left the scales as
-    # separate trees whose levels interleave; on 50 BSDS500 train images covering
-    # ODS was 0.518 / 0.532 / 0.511 at contain 0.95 / 0.9 / 0.8 (FH: 0.514).
-    contain: float = 0.9  #: a parent holds at least this fraction of its child
-    clip_to_parent: bool = False  #: clip children to parents (exact nesting; costs AR)
-    max_masks: int = 1000  #: keep at most this many masks per image (best scores)
-    output_divide_regions: bool = True  #: divide regions are masks too (source "divide")
-    # Levels. "partition": the atoms' partition ladder (AtomConfig.partition_scale)
-    # gives levels 0..L, each a complete partition of the image into about
-    # ratio^l regions, exactly nested (parent = the region holding it one level
-    # up); every other mask hangs below its smallest container (>= contain) at
-    # that container's level + 1, so it shows in the partitions only where it is
-    # finer than the ladder. "depth" (or no ladder): level = depth in the
-    # containment forest. 50 BSDS500 train images, covering ODS / OIS: depth
-    # 0.532 / 0.600, partition 0.549 / 0.633 (FH 0.514); COCO-mini (20 images)
-    # AR@1000 0.264 either way. (Putting the other masks below the finest ladder
-    # level instead scored 0.553 / 0.627: not worth a level that means nothing.)
-    levels: str = "partition"  #: "partition" or "depth"
-    max_side: int = 1024  #: masks are formed at most this large (long side), written at full size
+#: The shipped presets (``unsam/presets/<name>.yaml``).
+PRESETS: tuple[str, ...] = ("full", "unsam", "maskcut")
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass
@@ -67,6 +60,7 @@ class LabelConfig:
 
     backbone: str = "dino_vitb8"
     checkpoint: str | None = None
+    preset: str | None = None  #: the preset these settings came from (recorded; see :func:`label_config`)
     divide_size: int = 480  #: image resized to this square for the divide stage (60 x 60 patches at /8)
     conquer_whole_image: bool | None = None  #: the whole image is conquered as one more region (None: not for classic)
     whole_image_size: int | None = None  #: its crop size (None: 1024 for classic, else conquer.size)
@@ -94,6 +88,8 @@ def config_from_dict(d: dict[str, Any], base: LabelConfig | None = None) -> Labe
     nested = {"divide": cfg.divide, "conquer": cfg.conquer, "atoms": cfg.atoms, "masks": cfg.masks}
     top = {f.name for f in dataclasses.fields(LabelConfig)}
     for k, v in (d or {}).items():
+        if k == "_run":
+            continue  # the record of a run in its config.yaml (input, device): not a setting
         if k in nested:
             if not isinstance(v, dict):
                 raise ValueError(f"config: '{k}' should be a mapping, got {type(v).__name__}")
@@ -110,6 +106,41 @@ def config_from_dict(d: dict[str, Any], base: LabelConfig | None = None) -> Labe
         else:
             raise ValueError(f"config: unknown key '{k}' (known: {', '.join(sorted(top))})")
     return cfg
+
+
+def default_preset(backbone: str) -> str:
+    """The preset a backbone gets when none is asked for: ``full`` for the weight-free
+    ``classic`` features (measured: the atoms and the ladder are what make its labels
+    beat FH, README "Quality"), ``unsam`` for ViT backbones (the published algorithm;
+    no DINO weights here to measure whether the extra stages help them)."""
+    from unsam.features import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return "full" if spec is not None and spec.family == "classic" else "unsam"
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The settings of a shipped preset (a mapping for :func:`config_from_dict`)."""
+    import yaml
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    data = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"preset {name}: should be a mapping of settings")
+    return data
+
+
+def label_config(overrides: dict[str, Any] | None = None, preset: str | None = None) -> LabelConfig:
+    """The settings of a run: the library defaults, then the preset (``preset``, else
+    ``overrides["preset"]``, else :func:`default_preset` of the backbone), then ``overrides``
+    (a ``--config`` file's mapping and the CLI flags; a run's own ``config.yaml`` works too)."""
+    overrides = dict(overrides or {})
+    backbone = overrides.get("backbone") or LabelConfig.backbone
+    name = preset or overrides.get("preset") or default_preset(backbone)
+    overrides["preset"] = name
+    cfg = config_from_dict(load_preset(name), LabelConfig(backbone=backbone))
+    return config_from_dict(overrides, cfg)
 
 
 def resolve(cfg: LabelConfig, spec) -> LabelConfig:
@@ -140,16 +171,13 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
     if cfg.divide_size < 2 * spec.patch_size:
         raise ValueError(f"config: divide_size should be >= {2 * spec.patch_size}, got {cfg.divide_size}")
     # Checked here, not per image: a bad value fails the run at once, not every image.
-    if cfg.masks.levels not in ("partition", "depth"):
-        raise ValueError(f"config: masks.levels should be 'partition' or 'depth', got {cfg.masks.levels!r}")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise ValueError(f"config: preset should be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
+    check_divide_config(cfg.divide)
+    check_mask_config(cfg.masks)
     if cfg.atoms.partition_scale is not None:
         partition_counts(cfg.atoms.partition_ratio, cfg.atoms.partition_max_regions)  # raises on bad values
     return cfg
-
-
-def _grid_to_pixels(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Divide-grid mask -> image mask (bilinear upsample, threshold 0.5)."""
-    return upsample_masks(grid[None].astype(np.float32), height, width)[0]
 
 
 def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -161,19 +189,12 @@ def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    ys = np.flatnonzero(mask.any(1))
-    xs = np.flatnonzero(mask.any(0))
-    if ys.size == 0:
-        return None
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
-
-
 class Labeler:
     """Pseudo-labels images with a feature extractor and the unsam kernels.
 
     Args:
-        cfg: the configuration (backbone defaults are filled in).
+        cfg: the settings (backbone defaults are filled in). ``LabelConfig()`` alone is
+            the ``full`` preset; :func:`label_config` builds a preset's settings.
         device: where features and kernels run ("cpu" or "cuda").
         extractor: a ready extractor (tests); built from ``cfg`` when None.
         cpu_workers: processes for the per-image CPU stages (atoms, masks, RLE);
@@ -184,14 +205,25 @@ class Labeler:
             (not forked: the parent may hold a CUDA context) on first use and
             live until :meth:`close`; as with any spawned process, a script
             using them needs the ``if __name__ == "__main__":`` guard.
+        preset: a preset's name (:data:`PRESETS`): its settings are applied on top of
+            ``cfg`` (or of the defaults, with the backbone's default preset when
+            neither is given).
     """
 
     def __init__(
-        self, cfg: LabelConfig | None = None, device: str | torch.device = "cpu", extractor=None, cpu_workers: int = 0
+        self,
+        cfg: LabelConfig | None = None,
+        device: str | torch.device = "cpu",
+        extractor=None,
+        cpu_workers: int = 0,
+        preset: str | None = None,
     ):
         from unsam.features import BACKBONES, build_extractor
 
-        cfg = cfg or LabelConfig()
+        if cfg is None:
+            cfg = label_config(preset=preset)
+        elif preset is not None:
+            cfg = config_from_dict({**load_preset(preset), "preset": preset}, cfg)
         if cfg.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone '{cfg.backbone}'; available: {', '.join(sorted(BACKBONES))}")
         self.spec = BACKBONES[cfg.backbone]
@@ -278,6 +310,30 @@ class Labeler:
             out.append(anns)
         return out
 
+    def divide_features(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Patch features of the divide stage: images [3, H, W] float in [0, 1] each (on the
+        labeler's device), resized to the divide resolution -> [B, gh, gw, C] float32."""
+        s = self.divide_side()
+        small = torch.stack(
+            [F.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0] for t in images]
+        )
+        return self.extractor(small).float()
+
+    def divide_side(self) -> int:
+        """The side of the square the divide stage sees (a multiple of the patch size)."""
+        return max(self.patch * 2, (self.cfg.divide_size // self.patch) * self.patch)
+
+    def to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Decoded images ([H, W, 3] uint8 RGB) as [3, H, W] float in [0, 1] on the labeler's device."""
+        return [
+            torch.from_numpy(np.array(im, copy=not im.flags.writeable or not im.flags.c_contiguous))
+            .to(self.device)
+            .permute(2, 0, 1)
+            .float()
+            / 255.0
+            for im in images
+        ]
+
     @torch.inference_mode()
     def submit_batch(self, images: list[np.ndarray]) -> list:
         """Run the batched (GPU) stages now and the per-image CPU stages on the workers:
@@ -288,232 +344,67 @@ class Labeler:
             return []
         cfg = self.cfg
         t0 = time.perf_counter()
-        tens = [torch.from_numpy(np.array(im, copy=not im.flags.writeable or not im.flags.c_contiguous)).to(self.device).permute(2, 0, 1).float() / 255.0 for im in images]
-        s = max(self.patch * 2, (cfg.divide_size // self.patch) * self.patch)
-        small = torch.stack(
-            [F.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0] for t in tens]
-        )
-        feats = self.extractor(small).float()
+        tens = self.to_device(images)
+        feats = self.divide_features(tens)  # features
         self._sync()
         t1 = time.perf_counter()
         self._add("features_divide", t1 - t0)
-        all_regions: list[list[Region]] = divide_batch(feats, cfg.divide)
-        t2 = time.perf_counter()
-        self._add("divide", t2 - t1)
-        per_image_regions = []
-        whole_regions = []
-        region_items: list[list[MaskItem]] = []
-        work = []
-        for im, regs in zip(images, all_regions):
-            h, w = im.shape[:2]
-            sc = min(1.0, cfg.masks.max_side / max(h, w))
-            wh, ww = max(1, round(h * sc)), max(1, round(w * sc))
-            work.append((wh, ww))
-            sx, sy = w / ww, h / wh
-            pix = self._region_pixels(regs, wh, ww)
-            items = []
-            crops = []
-            for r, m in zip(regs, pix):
-                box = _box_of(m)
-                if box is None:
-                    continue
-                crop = m[box[1] : box[3], box[0] : box[2]]
-                score = float(np.clip(1.0 - r.ncut / 2.0, 0.0, 1.0))
-                items.append(MaskItem(box, crop, score, "divide", {"depth": r.depth, "lam": r.lam, "ncut": r.ncut}))
-                sample = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
-                if cfg.conquer_regions:
-                    crops.append((box, crop, sample))
-            whole = ((0, 0, ww, wh), np.ones((wh, ww), bool), (0, 0, w, h))
-            if cfg.conquer_whole_image and not cfg.whole_image_size:
-                crops.append(whole)
-            per_image_regions.append(crops)
-            whole_regions.append([whole])
-            region_items.append(items)
-        t3 = time.perf_counter()
-        self._add("masks", t3 - t2)
-        conquered = conquer_batch(tens, per_image_regions, self.extractor, cfg.conquer, self.timings)
-        if cfg.conquer_whole_image and cfg.whole_image_size:
-            # The whole image on a finer grid: the finest levels reach small objects.
-            wcfg = dataclasses.replace(cfg.conquer, size=cfg.whole_image_size)
-            for found, extra in zip(conquered, conquer_batch(tens, whole_regions, self.extractor, wcfg, self.timings)):
-                found.extend(extra)
-        out = []
-        nlev = len(cfg.conquer.thresholds)
+        sizes = [im.shape[:2] for im in images]
+        work = [working_size(h, w, cfg.masks) for h, w in sizes]
+        regions = divide_images(feats, sizes, work, self.divide_side(), cfg.divide)  # divide
+        self._add("divide", time.perf_counter() - t1)
+        conquered = self._conquer(tens, regions, sizes, work)  # conquer
         use_feats = cfg.atoms.enabled and cfg.atoms.w_feat != 0.0
-        for i, (im, items, found, (wh, ww)) in enumerate(zip(images, region_items, conquered, work)):
-            if not cfg.masks.output_divide_regions:
-                items = []
-            for c, box, crop in found:
-                # Score: how many thresholds the cluster survives unchanged (stable segments first).
-                score = 0.25 + 0.75 * c.persistence / nlev
-                items.append(MaskItem(box, crop, score, "conquer", {"first_level": c.first_level}))
+        out = []
+        for i, (im, regs, found) in enumerate(zip(images, regions, conquered)):
+            items = (regs if cfg.masks.output_divide_regions else []) + found
+            snap = regs if cfg.atoms.enabled and cfg.atoms.snap_divide and cfg.masks.output_divide_regions else None
             fi = feats[i] if use_feats else None
-            if self.cpu_workers:
-                out.append(self._submit(im, items, None if fi is None else fi.cpu(), (wh, ww)))
+            if self.cpu_workers:  # atoms and masks on a worker
+                out.append(self._submit(im, items, snap, None if fi is None else fi.cpu(), work[i]))
                 continue
             f: Future = Future()
             try:
                 times: dict[str, float] = {}
-                f.set_result((self._tail(im, items, fi, (wh, ww), times), times))
+                f.set_result((self._tail(im, items, snap, fi, work[i], times), times))
             except Exception as e:  # noqa: BLE001 - handed to collect(), like a worker's
                 f.set_exception(e)
             out.append(f)
         return out
 
-    def _tail(self, im: np.ndarray, items: list[MaskItem], feats_i, work_hw: tuple[int, int], times: dict) -> list[dict]:
-        """The per-image CPU stages: atoms, then the mask stage (:meth:`_finish`)."""
+    def _conquer(self, tens, regions: list[list[MaskItem]], sizes, work) -> list[list[MaskItem]]:
+        """The conquer stage on the divide regions (``conquer_regions``) and on the whole
+        image (``conquer_whole_image``, on a finer grid when ``whole_image_size`` is set)."""
         cfg = self.cfg
-        wh, ww = work_hw
-        if cfg.atoms.enabled:
-            snap = [m for m in items if m.source == "divide"] if cfg.atoms.snap_divide else None
-            items = items + atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats_i, times, snap)
-        return self._finish(items, im, im.shape[0], im.shape[1], work_hw, times)
-
-    def _region_pixels(self, regs: list[Region], h: int, w: int) -> list[np.ndarray]:
-        """Pixel masks of the divide regions, disjoint among regions of the same depth
-        (pixels claimed earlier are removed from later masks) and inside their parents."""
-        claimed: dict[int, np.ndarray] = {}
-        out: list[np.ndarray] = []
-        for r in regs:
-            m = _grid_to_pixels(r.mask, h, w)
-            c = claimed.setdefault(r.depth, np.zeros((h, w), bool))
-            m &= ~c
-            if r.parent >= 0:
-                m &= out[r.parent]
-            c |= m
-            out.append(m)
+        crops, whole = [], []
+        for regs, (h, w), (wh, ww) in zip(regions, sizes, work):
+            sx, sy = w / ww, h / wh
+            per = []
+            if cfg.conquer_regions:
+                for m in regs:
+                    b = m.box
+                    sample = (round(b[0] * sx), round(b[1] * sy), round(b[2] * sx), round(b[3] * sy))
+                    per.append((b, m.crop, sample, m.meta["key"]))
+            image = ((0, 0, ww, wh), np.ones((wh, ww), bool), (0, 0, w, h), None)
+            if cfg.conquer_whole_image and not cfg.whole_image_size:
+                per.append(image)
+            crops.append(per)
+            whole.append([image])
+        out = conquer_batch(tens, crops, self.extractor, cfg.conquer, self.timings)
+        if cfg.conquer_whole_image and cfg.whole_image_size:
+            # The whole image on a finer grid: the finest levels reach small objects.
+            wcfg = dataclasses.replace(cfg.conquer, size=cfg.whole_image_size)
+            for found, extra in zip(out, conquer_batch(tens, whole, self.extractor, wcfg, self.timings, tag="whole")):
+                found.extend(extra)
         return out
 
-    def _finish(
-        self, items: list[MaskItem], image: np.ndarray, h: int, w: int, work_hw: tuple[int, int], times: dict | None = None
-    ) -> list[dict]:
-        """Masks at working resolution work_hw -> annotations at the image's h x w (stage times into ``times``)."""
-        times = self.timings if times is None else times
-
-        def add(key: str, dt: float) -> None:
-            times[key] = times.get(key, 0.0) + dt
-
-        t0 = time.perf_counter()
-        cfg = self.cfg.masks
-        full_h, full_w = h, w
-        h, w = work_hw
-        min_area = max(cfg.min_area, cfg.min_area_frac * full_h * full_w) * (h * w) / (full_h * full_w)
-        items = [m for m in items if m.area >= min_area]
-        # Final score = stability x sqrt(area fraction): on BSDS500 train this ranking
-        # doubled AR@100 over stability alone (large stable segments first).
-        for m in items:
-            m.score = float(m.score * np.sqrt(m.area / (h * w)))
-        if not items:
-            add("masks", time.perf_counter() - t0)
-            return []
-        if self.cfg.refine != "none":
-            # Refine only what survives a first NMS (refinement is the costly step).
-            first = nms_from_intersections(
-                pairwise_intersections(items, h, w), np.array([m.score for m in items]), cfg.nms_iou
-            )
-            items = [items[i] for i in first]
-            if self.cfg.refine == "edge":
-                from unsam.refine import refine_masks
-
-                items = refine_masks(image, items, work_hw=(h, w))
-            else:
-                from unsam.superpixels import snap_masks
-
-                items = snap_masks(image, items, work_hw=(h, w))
-            items = [m for m in items if m.area >= min_area]
-        # Nest first (children clipped to parents) so NMS sees the final masks; after NMS
-        # a mask whose parent went may get a new one: clip again until nothing changes.
-        ov = Overlaps(items, h, w)
-        if cfg.clip_to_parent:
-            ov.update(clip_to_parents(items, parents_from_intersections(ov.inter, cfg.contain)))
-        def ladder(its):  # the partition-ladder masks: never suppressed, never pruned
-            on = cfg.levels == "partition"
-            return np.array([on and "partition_level" in m.meta for m in its], bool)
-
-        keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou, ladder(items))
-        keep = keep[: cfg.max_masks]
-        for attempt in range(4):
-            ov = ov.subset(keep)
-            items = ov.items
-            parents = _ladder_parents(items, parents_from_intersections(ov.inter, cfg.contain), ladder(items))
-            changed = clip_to_parents(items, parents) if cfg.clip_to_parent else []
-            if not changed or attempt == 3:
-                break
-            ov.update(changed)
-            keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou, ladder(items))
-        if changed:
-            ov.update(changed)
-        items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou, ov.inter, ladder(items))
-        t1 = time.perf_counter()
-        anns = to_annotations(items, parents, levels, full_h, full_w, work_hw=work_hw)
-        add("masks", t1 - t0)
-        add("output", time.perf_counter() - t1)
-        return anns
-
-
-def _ladder_parents(items: list[MaskItem], parents: list[int], on_ladder: np.ndarray) -> list[int]:
-    """Parents with the partition ladder's own links: a ladder mask's parent is the
-    nearest kept ladder ancestor (the region holding it one level up)."""
-    if not on_ladder.any():
-        return parents
-    where = {m.meta["partition_node"]: i for i, m in enumerate(items) if on_ladder[i]}
-    up = {m.meta["partition_node"]: m.meta["partition_parent"] for i, m in enumerate(items) if on_ladder[i]}
-    out = list(parents)
-    for i, m in enumerate(items):
-        if on_ladder[i]:
-            p = m.meta["partition_parent"]
-            while p >= 0 and p not in where:
-                p = up.get(p, -1)
-            out[i] = where[p] if p >= 0 else -1
-    return out
-
-
-def _prune(
-    items: list[MaskItem],
-    parents: list[int],
-    min_area: float,
-    iou: float,
-    inter: np.ndarray,
-    on_ladder: np.ndarray | None = None,
-):
-    """Drop masks that clipping left too small, or too close to their parent (IoU above
-    the NMS threshold); their children go to the nearest kept ancestor; ladder masks
-    (``on_ladder``) always stay. Returns levels too: a ladder mask's partition level,
-    another mask's parent's level + 1 (0 for a root)."""
-    areas = [m.area for m in items]
-    on_ladder = np.zeros(len(items), bool) if on_ladder is None else on_ladder
-
-    def close(i: int) -> bool:
-        p = parents[i]
-        both = float(inter[i, p])
-        return both > iou * max(areas[i] + areas[p] - both, 1.0)
-
-    alive = [
-        bool(on_ladder[i]) or (areas[i] >= min_area and (parents[i] < 0 or not close(i))) for i in range(len(items))
-    ]
-
-    def up(i: int) -> int:
-        while i >= 0 and not alive[i]:
-            i = parents[i]
-        return i
-
-    remap: dict[int, int] = {}
-    kept = []
-    for i, m in enumerate(items):
-        if alive[i]:
-            remap[i] = len(kept)
-            kept.append(m)
-    new_parents = []
-    for i in range(len(items)):
-        if alive[i]:
-            p = up(parents[i])
-            new_parents.append(remap[p] if p >= 0 else -1)
-    fixed = {remap[i]: int(items[i].meta["partition_level"]) for i in remap if on_ladder[i]}
-    levels = [0] * len(kept)
-    for i in sorted(range(len(kept)), key=lambda k: -kept[k].area):
-        p = new_parents[i]
-        levels[i] = fixed[i] if i in fixed else (levels[p] + 1 if p >= 0 else 0)
-    return kept, new_parents, levels
+    def _tail(self, im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int], times: dict) -> list[dict]:
+        """The per-image CPU stages: atoms (snapping ``snap`` to them), then the mask stage."""
+        cfg = self.cfg
+        if cfg.atoms.enabled:
+            wh, ww = work_hw
+            items = items + atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats_i, times, snap)
+        return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times)
 
 
 # ---------------------------------------------------------------- CPU workers
@@ -529,6 +420,6 @@ def _worker_init(cfg: LabelConfig) -> None:
     _WORKER = lab
 
 
-def _worker_tail(im: np.ndarray, items: list[MaskItem], feats_i, work_hw: tuple[int, int]):
+def _worker_tail(im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int]):
     times: dict[str, float] = {}
-    return _WORKER._tail(im, items, feats_i, work_hw, times), times
+    return _WORKER._tail(im, items, snap, feats_i, work_hw, times), times
