@@ -287,6 +287,8 @@ def test_image_list_is_paged_on_the_server(tmp_path):
     (lab / "vis" / "x.jpg").write_bytes(b"")
     keys = sorted(expect)
     with served(lab) as url:
+        _, p = get_json(url, "/api/images?limit=64&stats=0")  # files not read yet: names only, at once
+        assert [it["key"] for it in p["items"]] == keys[:64] and all(it["masks"] is None and it["error"] is None for it in p["items"])
         seen = []
         for off in range(0, n, 64):
             status, p = get_json(url, f"/api/images?offset={off}&limit=64")
@@ -296,6 +298,8 @@ def test_image_list_is_paged_on_the_server(tmp_path):
                 assert "image not found" in it["error"] or "not found from here" in it["error"]
             seen += [it["key"] for it in p["items"]]
         assert seen == keys  # every file once, sorted, config and summary and hidden files left out
+        _, p = get_json(url, "/api/images?limit=64&stats=0")  # read before: from the cache, without reading again
+        assert [(it["masks"], it["levels"]) for it in p["items"]] == [expect[k] for k in keys[:64]]
         _, p = get_json(url, "/api/images?limit=1000000")
         assert p["limit"] == PAGE_MAX and len(p["items"]) == n  # never more than PAGE_MAX in one answer
         _, p = get_json(url, "/api/images?offset=100000&limit=64")
@@ -359,6 +363,14 @@ def js(drv, script: str, *args):
     return drv.execute_script(script, *args)
 
 
+def wait_list(drv, timeout: float = 30) -> None:
+    """Wait until the list shows masks, levels and problems (asked for after the image)."""
+    deadline = time.monotonic() + timeout
+    while not js(drv, "return window.unsamView.listReady;"):
+        assert time.monotonic() < deadline, "the list's masks and levels never came"
+        time.sleep(0.05)
+
+
 def page_partition(drv, side: str, h: int, w: int) -> np.ndarray:
     b64 = js(drv, "return window.unsamView.partition(arguments[0]);", side)
     return np.frombuffer(base64.b64decode(b64), np.int32).reshape(h, w)
@@ -369,6 +381,7 @@ def test_page_lists_the_images(driver, server, labels):
     st = vb.wait_ready(driver)
     keys = keys_of(labels)
     assert st["key"] == keys[0] and not st["errors"]
+    wait_list(driver)
     rows = js(driver, "return [...document.querySelectorAll('#list tbody tr')].map(r => [r.dataset.key, ...[...r.cells].map(c => c.textContent)]);")
     want = []
     for k in keys:
@@ -522,6 +535,7 @@ def test_bad_files_show_a_message_and_the_rest_keeps_working(driver, labels, tmp
     with vb.ViewServer(bad, "--images", images) as srv:
         driver.get(srv.url)
         vb.wait_ready(driver)
+        wait_list(driver)
         flagged = js(driver, "return [...document.querySelectorAll('#list tr.bad')].map(r => r.dataset.key);")
         assert sorted(flagged) == sorted(BAD_MESSAGES)
         for key, words in BAD_MESSAGES.items():

@@ -19,11 +19,11 @@
   const S = {
     info: null, page: null, q: '', key: null, level: 0, levelSet: false, maxLevel: 0,
     mode: 'filled', opacity: 0.45, minScore: 0, sourcesOff: new Set(), sources: new Set(), zoom: 'fit', scale: 1,
-    sides: [], sel: null, cand: null, loadSeq: 0, hoverPx: null, hoverQueued: false,
+    sides: [], sel: null, cand: null, loadSeq: 0, pageSeq: 0, hoverPx: null, hoverQueued: false,
   };
   // What the browser tests (and a curious user in the console) read.
   const view = window.unsamView = {
-    ready: false, key: null, tti: null, timings: {}, errors: {}, level: 0, selected: null, candidates: null, lastPixel: null,
+    ready: false, listReady: false, key: null, tti: null, timings: {}, errors: {}, level: 0, selected: null, candidates: null, lastPixel: null,
   };
 
   // ------------------------------------------------------------------ RLE
@@ -623,29 +623,54 @@
 
   // ------------------------------------------------------------------ the list
 
-  async function loadPage({ offset = 0, at = null } = {}) {
-    const limit = 100;
-    const qs = new URLSearchParams({ offset: String(offset), limit: String(limit), q: S.q });
+  /** One page of the list: names at once, then masks, levels and problems (the server reads every file for those). */
+  async function loadPage({ offset = 0, at = null, stats = true } = {}) {
+    const seq = ++S.pageSeq;
+    view.listReady = false;
+    const qs = new URLSearchParams({ offset: String(offset), limit: '100', q: S.q, stats: '0' });
     if (at) qs.set('at', at);
-    const r = await fetch(`/api/images?${qs}`);
-    const p = await r.json();
+    const p = await (await fetch(`/api/images?${qs}`)).json();
+    if (seq !== S.pageSeq) return S.page;
     S.page = p;
     const tb = $('#list tbody');
     tb.replaceChildren(...p.items.map((it) => {
       const tr = document.createElement('tr');
       tr.dataset.key = it.key;
-      for (const v of [it.name, it.masks ?? '—', it.levels ?? '—']) { const td = document.createElement('td'); td.textContent = String(v); tr.appendChild(td); }
-      tr.title = it.error || it.key;
-      if (it.error) tr.classList.add('bad');
+      for (let c = 0; c < 3; c++) tr.appendChild(document.createElement('td'));
       tr.addEventListener('click', () => openImage(it.key));
       return tr;
     }));
+    fillRows(p.items);
     const end = p.offset + p.items.length;
     $('#page-info').textContent = p.total ? `${p.offset + 1}–${end} of ${p.total}${p.q ? ` (of ${p.all})` : ''}` : (p.q ? 'no match' : 'no label files');
     $('#prev-page').disabled = p.offset === 0;
     $('#next-page').disabled = end >= p.total;
     markCurrent();
+    if (stats) fillStats();
     return p;
+  }
+
+  function fillRows(items) {
+    const rows = new Map([...document.querySelectorAll('#list tbody tr')].map((tr) => [tr.dataset.key, tr]));
+    for (const it of items) {
+      const tr = rows.get(it.key);
+      if (!tr) continue;
+      const pending = it.masks === null && !it.error;
+      [it.name, pending ? '…' : it.masks ?? '—', pending ? '…' : it.levels ?? '—'].forEach((v, c) => { tr.cells[c].textContent = String(v); });
+      tr.title = it.error || it.key;
+      tr.classList.toggle('bad', !!it.error);
+    }
+  }
+
+  async function fillStats() {
+    const p = S.page, seq = S.pageSeq;
+    if (!p || !p.items.length || p.items.every((it) => it.masks !== null || it.error)) { view.listReady = true; return; }
+    const qs = new URLSearchParams({ offset: String(p.offset), limit: String(p.limit), q: p.q, stats: '1' });
+    const full = await (await fetch(`/api/images?${qs}`)).json();
+    if (seq !== S.pageSeq) return;
+    S.page = full;
+    fillRows(full.items);
+    view.listReady = true;
   }
 
   function markCurrent() {
@@ -747,14 +772,15 @@
     $('#model-section').hidden = !S.info.model;
     const m = /#key=([^&]*)/.exec(location.hash);
     const key = m ? decodeURIComponent(m[1]) : null;
+    // The first image does not wait for the list, nor for the server to read the page's files for it.
     if (key) {
-      // The image and the list load side by side: the first image does not wait for the list.
-      await Promise.all([openImage(key), loadPage({ at: key })]);
+      await Promise.all([openImage(key), loadPage({ at: key, stats: false })]);
     } else {
-      const p = await loadPage({ offset: 0 });
+      const p = await loadPage({ offset: 0, stats: false });
       if (p.items.length) await openImage(p.items[0].key);
       else { view.ready = true; S.sides[0].msg.textContent = `no label files in ${S.info.main.folder}`; }
     }
+    fillStats();
   }
 
   start().catch((e) => { document.body.insertAdjacentText('afterbegin', `unsam.view failed to start: ${e}`); view.startError = String(e); });
