@@ -5,7 +5,7 @@ browser (``apt-get install chromium chromium-driver``: /usr/bin/chromium and
 /usr/bin/chromedriver) and never at Selenium Manager. Also a script for the
 README's screenshot::
 
-    python tests/view_browser.py screenshot LABELS docs/viewer.png
+    python tests/view_browser.py screenshot LABELS docs/viewer.png [KEY [LEVEL [FX FY]]]
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def browser():
             drv.quit()
 
 
-def screenshot(labels: str, out: str, key: str | None = None, level: int | None = None) -> None:
+def screenshot(labels: str, out: str, key: str | None = None, level: int | None = None, fx: float = 0.42, fy: float = 0.55) -> None:
     """The README's picture: the viewer on LABELS with a mask selected, as a palette PNG."""
     import io
 
@@ -161,7 +161,7 @@ def screenshot(labels: str, out: str, key: str | None = None, level: int | None 
 
     from unsam.io import read_label_json
 
-    with ViewServer(labels) as srv, browser() as drv:
+    with ViewServer(labels, cwd=Path.cwd()) as srv, browser() as drv:
         drv.get(srv.url + (f"#key={key}" if key else ""))
         st = wait_ready(drv, key)
         key = st["key"]
@@ -169,8 +169,8 @@ def screenshot(labels: str, out: str, key: str | None = None, level: int | None 
             drv.execute_script("window.unsamView.setLevel(arguments[0]);", level)
         obj = read_label_json(Path(labels) / key)
         h, w = obj["image"]["height"], obj["image"]["width"]
-        # Select the mask under a point a little off-centre, then hover another one.
-        click_pixel(drv, "main", int(w * 0.42), int(h * 0.55))
+        # Select the mask under a point a little off-centre.
+        click_pixel(drv, "main", int(w * fx), int(h * fy))
         time.sleep(0.3)
         png = drv.get_screenshot_as_png()
     im = Image.open(io.BytesIO(png)).convert("RGB")
@@ -180,7 +180,8 @@ def screenshot(labels: str, out: str, key: str | None = None, level: int | None 
 
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "screenshot":
-        screenshot(sys.argv[2], sys.argv[3], *(sys.argv[4:5] or [None]), *([int(sys.argv[5])] if len(sys.argv) > 5 else []))
+        a = sys.argv[4:]
+        screenshot(sys.argv[2], sys.argv[3], a[0] if a else None, int(a[1]) if len(a) > 1 else None, *map(float, a[2:4]))
     else:
         print(__doc__)
         raise SystemExit(2)
