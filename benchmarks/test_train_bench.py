@@ -16,11 +16,25 @@ real weights are not needed (random init, nothing downloaded).
   512 crops, 1000 queries); on CPU with one image per step and one timed step
   (a minute or more each on 2 cores), on a GPU with the per-GPU batch of an
   8-GPU run (global 16), bf16 autocast and gradient checkpointing as configured.
+
+What is asserted. No speed target for training is stated anywhere (issue 5
+asks for "training images/s and peak memory for the tiny and the real config
+on CPU; on a lent GPU, images/s for the real config"; README's training row
+and ALGORITHM.md §5 give none), so the benchmark asserts what is stated
+rather than an invented number: every configuration is measured (a step of
+the configuration runs to the end: no error, no out-of-memory; images/s and
+peak memory are finite and positive), and on the GPU the shipped
+configurations fit at their own per-GPU batch (``batch_size: 16 # global: 2
+per GPU on 8 GPUs`` in ``whole_gpu.yaml``). Twice that batch is measured too
+and may run out of memory (recorded as a result). The ``benchmark`` marker
+keeps all of this out of ``.ci/run``'s test command; the GPU test skips
+without a CUDA device.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,6 +49,18 @@ from benchmarks._util import record
 pytestmark = pytest.mark.benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
+GPUS_OF_SHIPPED_CONFIGS = 8  # whole_gpu.yaml / promptable_gpu.yaml: global batch 16 = 2 per GPU on 8 GPUs
+
+
+def _measured(row: dict) -> bool:
+    """A configuration was measured: no error or out-of-memory, finite positive images/s and peak memory."""
+    ips, mem = row.get("images_per_s"), row.get("peak_mem_gib")
+    return "error" not in row and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in (ips, mem))
+
+
+def _assert_measured(rows: list[dict]) -> None:
+    bad = [r for r in rows if not _measured(r)]
+    assert not bad, "configurations not measured (error or out of memory):\n" + "\n".join(json.dumps(r) for r in bad)
 
 
 def _step_bench(config: str, device: str, batch: int, warmup: int, steps: int, overrides: dict | None = None) -> dict:
@@ -150,23 +176,28 @@ def test_train_step_cpu_tiny():
         _run_child("train_smoke", "cpu", 2, warmup=3, steps=20, overrides={"model": {"name": "unsam_prompt_tiny", "kwargs": {}}}),
     ]
     record("train_step_cpu_tiny", rows, card=os.environ.get("UNSAM_BENCH_CARD", "cpu-2core"))
-    assert all(r.get("images_per_s", 0) > 0 for r in rows)
+    _assert_measured(rows)
 
 
 def test_train_step_cpu_real():
     """The GPU configurations on CPU, one image per step (a minute or more per step on 2 cores)."""
     rows = [_run_child(c, "cpu", 1, warmup=1, steps=1) for c in ("whole_gpu", "promptable_gpu")]
     record("train_step_cpu_real", rows, card=os.environ.get("UNSAM_BENCH_CARD", "cpu-2core"))
-    assert all(r.get("images_per_s", 0) > 0 for r in rows)
+    _assert_measured(rows)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_train_step_gpu():
+    from unsam.train import load_config
+
     # Per-GPU batch of the shipped configs on 8 GPUs (global 16), and twice that.
-    rows = []
+    rows, shipped = [], []
     for config in ("whole_gpu", "promptable_gpu"):
-        for batch in (2, 4):
+        per_gpu = load_config(config).train.batch_size // GPUS_OF_SHIPPED_CONFIGS
+        for batch in (per_gpu, 2 * per_gpu):
             rows.append(_run_child(config, "cuda", batch, warmup=3, steps=10))
+            if batch == per_gpu:
+                shipped.append(rows[-1])
             record("train_step_gpu", rows)  # after each row: a time limit keeps what was measured
-    assert any(r.get("images_per_s", 0) > 0 for r in rows)
+    _assert_measured(shipped)  # the shipped configurations train at their own batch; twice it may not fit

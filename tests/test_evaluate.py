@@ -278,6 +278,20 @@ def test_limit_takes_first_gt_images_by_file_name(tmp_path):
     assert evaluate_coco(tmp_path / "p", gt, limit=2).metrics["AR@1000"] == pytest.approx(0.5)
 
 
+def test_image_ids_evaluate_a_subset(tmp_path):
+    # GT ids are 101, 102, 103 (write_gt numbers them from 101). Only b (102) is evaluated:
+    # the wrong prediction for a and the missing one for c do not count, and are not reported.
+    gt = write_gt(tmp_path / "gt.json", {"a.jpg": [A], "b.jpg": [B], "c.jpg": [C]})
+    write_pred(tmp_path / "p", "a.jpg", [box(0, 5, 0, 5)], [0.9])
+    write_pred(tmp_path / "p", "b.jpg", [B], [0.9])
+    res = evaluate_coco(tmp_path / "p", gt, image_ids=[102])
+    assert res.metrics["images"] == 1 and res.metrics["AR@1000"] == 1.0
+    assert not res.missing and not res.unmatched
+    assert evaluate_coco(tmp_path / "p", gt, image_ids=[101, 102]).metrics["AR@1000"] == pytest.approx(0.5)
+    with pytest.raises(EvalError, match=r"image_ids not in this GT file: \[7\]"):
+        evaluate_coco(tmp_path / "p", gt, image_ids=[102, 7])
+
+
 def test_max_dets_changes_keys(tmp_path):
     gt = write_gt(tmp_path / "gt.json", {"a.jpg": [A]})
     write_pred(tmp_path / "p", "a.jpg", [A], [0.9])
@@ -465,7 +479,8 @@ def test_bsds_ods_ois_hand_computed(tmp_path):
 
 def test_bsds_scale_picks_nearest_segment_count(tmp_path):
     # One image, three levels with 1, 2 and 4 segments; humans see 4 quadrants. ODS over the
-    # segment-count scale must reach the 4-segment level (a perfect partition).
+    # segment-count scale (the non-standard --scale count; it was the default before the
+    # benchmark's level rule, so this test now asks for it) must reach the 4-segment level.
     h = w = 4
     quads = (np.arange(h)[:, None] >= 2) * 2 + (np.arange(w)[None, :] >= 2) + 1
     gdir = tmp_path / "gt"
@@ -473,9 +488,130 @@ def test_bsds_scale_picks_nearest_segment_count(tmp_path):
     _write_mat(gdir / "q.mat", [quads])
     masks = [np.ones((h, w), bool), box(0, 2, 0, 4, h, w), box(2, 4, 0, 4, h, w)] + [quads == k for k in (1, 2, 3, 4)]
     write_pred(tmp_path / "p", "q.png", masks, levels=[0, 1, 1, 2, 2, 2, 2], size=(h, w))
-    res = evaluate_bsds(tmp_path / "p", gdir)
+    res = evaluate_bsds(tmp_path / "p", gdir, scale="count")
     assert res.per_image["q"]["nseg"] == [1, 2, 4]
     assert res.metrics["covering_ods"] == pytest.approx(1.0) and res.ods_scale["covering"] > 2 * math.sqrt(2)
+    assert res.scale == res.metrics["scale"] == "count"
+    # The benchmark's rule (default) reports the level index instead: the same perfect level 2.
+    lvl = evaluate_bsds(tmp_path / "p", gdir)
+    assert lvl.scale == lvl.metrics["scale"] == "level"
+    assert lvl.metrics["covering_ods"] == pytest.approx(1.0) and lvl.ods_scale["covering"] == 2
+
+
+def _strips(h: int, w: int, parts: int) -> np.ndarray:
+    """Label map 1..parts of ``parts`` equal vertical strips."""
+    return (np.arange(w)[None, :] // (w // parts) + 1) * np.ones((h, 1), int)
+
+
+def _write_levels(folder: Path, name: str, h: int, w: int, level_parts: list[int]) -> None:
+    """A prediction whose level l is the partition into ``level_parts[l]`` vertical strips."""
+    masks, levels = [], []
+    for lv, n in enumerate(level_parts):
+        for k in range(1, n + 1):
+            masks.append(_strips(h, w, n) == k)
+            levels.append(lv)
+    write_pred(folder, f"{name}.jpg", masks, levels=levels, size=(h, w))
+
+
+def test_bsds_level_rule_differs_from_count_rule_by_hand(tmp_path):
+    # Two 2 x 8 images (16 px, 120 pixel pairs), humans on both: the two halves (columns 0-3 | 4-7).
+    # a: levels whole (1 segment), halves (2), quarters (4) -- three levels.
+    # b: levels halves (2), quarters (4) -- two levels: at t = 2 it repeats its last (quarters).
+    # Per (partition vs halves), by hand:
+    #   whole:    covering counts 8 of 16 (each half: IoU 8/16); RI 56/120 = 7/15 (only the 2 x C(8,2)
+    #             pairs inside a half agree); VI = H(S) + H(G) - 2I = 0 + 1 - 0 = 1 bit.
+    #   halves:   16 of 16; RI 1; VI 0.
+    #   quarters: 8 of 16 (each half's best quarter: IoU 4/8); RI (4 C(4,2) + 64) / 120 = 88/120 = 11/15
+    #             (24 pairs joined by both, 120 - 56 = 64 split by both); VI = 2 + 1 - 2 * 1 = 1 bit.
+    # Level rule, t = 0 / 1 / 2 (a, b):  (whole, halves) / (halves, quarters) / (quarters, quarters)
+    #   covering (8+16)/32 = .75 / (16+8)/32 = .75 / 16/32 = .5  -> ODS .75 at t = 0 (first of the tie)
+    #   PRI      (7/15+1)/2 = 11/15 / (1+11/15)/2 = 13/15 / 11/15 -> ODS 13/15 at t = 1
+    #   VI       (1+0)/2 = .5 / (0+1)/2 = .5 / 1                  -> ODS .5 at t = 0 (first of the tie)
+    # Count rule: at k = 2 a takes its level 1 and b its level 0, both the halves: 1 / 1 / 0.
+    # OIS (both rules): each image's halves: 1 / 1 / 0.
+    h, w = 2, 8
+    gdir = tmp_path / "gt"
+    gdir.mkdir()
+    for name in ("a", "b"):
+        _write_mat(gdir / f"{name}.mat", [_strips(h, w, 2)])
+    _write_levels(tmp_path / "p", "a", h, w, [1, 2, 4])
+    _write_levels(tmp_path / "p", "b", h, w, [2, 4])
+
+    lvl = evaluate_bsds(tmp_path / "p", gdir)  # the default: the benchmark's level rule
+    m = lvl.metrics
+    assert lvl.scale == m["scale"] == "level" and m["images"] == 2
+    assert lvl.per_image["a"]["nseg"] == [1, 2, 4] and lvl.per_image["b"]["nseg"] == [2, 4]
+    assert m["covering_ods"] == pytest.approx(0.75)
+    assert m["pri_ods"] == pytest.approx(13 / 15)
+    assert m["vi_ods"] == pytest.approx(0.5)
+    assert lvl.ods_scale == {"covering": 0, "pri": 1, "vi": 0}
+    for r in (lvl, evaluate_bsds(tmp_path / "p", gdir, scale="count")):
+        assert r.metrics["covering_ois"] == pytest.approx(1.0) and r.metrics["pri_ois"] == pytest.approx(1.0)
+        assert r.metrics["vi_ois"] == pytest.approx(0.0, abs=1e-12)
+
+    cnt = evaluate_bsds(tmp_path / "p", gdir, scale="count")
+    assert cnt.scale == cnt.metrics["scale"] == "count"
+    assert cnt.metrics["covering_ods"] == pytest.approx(1.0) and cnt.metrics["pri_ods"] == pytest.approx(1.0)
+    assert cnt.metrics["vi_ods"] == pytest.approx(0.0, abs=1e-12)
+    assert math.sqrt(2) < cnt.ods_scale["covering"] < 2 * math.sqrt(2)  # the k interval where both pick 2 segments
+    assert any("NON-STANDARD" in n for n in cnt.notes) and any("collect_eval_reg" in n for n in lvl.notes)
+
+
+def test_bsds_level_rule_pools_covering_and_averages_pri_vi(tmp_path):
+    # Images of different sizes and depths; humans see the two halves on both.
+    # a: 2 x 8 (16 px, 120 pairs), levels whole, halves.
+    # c: 4 x 8 (32 px, 496 pairs), levels whole, quarters, eighths -- three levels.
+    # By hand (partition vs halves):
+    #   a whole: cov 8 of 16, RI 56/120 = 7/15, VI 1;  a halves: 16 of 16, RI 1, VI 0.
+    #   c whole: cov 16 of 32 (IoU 16/32), RI 2 C(16,2) / 496 = 240/496 = 15/31, VI 1.
+    #   c quarters: cov 16 of 32 (IoU 8/16), RI (4 C(8,2) + 256) / 496 = 368/496 = 23/31, VI 2 + 1 - 2 = 1.
+    #   c eighths: cov 8 of 32 (IoU 4/16), RI (8 C(4,2) + 256) / 496 = 304/496 = 19/31, VI 3 + 1 - 2 = 2.
+    # Level rule (a repeats its halves at t = 2):
+    #   t = 0: covering (8+16)/48 = 1/2,  PRI (7/15 + 15/31)/2,  VI 1
+    #   t = 1: covering (16+16)/48 = 2/3, PRI (1 + 23/31)/2,     VI 1/2
+    #   t = 2: covering (16+8)/48 = 1/2,  PRI (1 + 19/31)/2,     VI 1
+    # ODS covering 2/3: pooled over pixels, not the mean of the per-image coverings (1 + 1/2)/2 = 3/4.
+    # OIS: a at halves (16 of 16), c at whole or quarters (16 of 32; tied, same counts): (16+16)/48 = 2/3;
+    # PRI (1 + 23/31)/2; VI (0 + 1)/2.
+    gdir = tmp_path / "gt"
+    gdir.mkdir()
+    _write_mat(gdir / "a.mat", [_strips(2, 8, 2)])
+    _write_mat(gdir / "c.mat", [_strips(4, 8, 2)])
+    _write_levels(tmp_path / "p", "a", 2, 8, [1, 2])
+    _write_levels(tmp_path / "p", "c", 4, 8, [1, 4, 8])
+    res = evaluate_bsds(tmp_path / "p", gdir, scale="level")
+    m = res.metrics
+    assert m["covering_ods"] == pytest.approx(2 / 3)
+    assert m["pri_ods"] == pytest.approx((1 + 23 / 31) / 2)
+    assert m["vi_ods"] == pytest.approx(0.5)
+    assert res.ods_scale == {"covering": 1, "pri": 1, "vi": 1}
+    assert m["covering_ois"] == pytest.approx(2 / 3)
+    assert m["pri_ois"] == pytest.approx((1 + 23 / 31) / 2)
+    assert m["vi_ois"] == pytest.approx(0.5)
+    c = res.per_image["c"]
+    assert c["pri"] == pytest.approx([15 / 31, 23 / 31, 19 / 31]) and c["vi"] == pytest.approx([1, 1, 2])
+    # Count rule: a's counts 1, 2 and c's 1, 4, 8. k < sqrt(2): both whole (t = 0 numbers above).
+    # sqrt(2) < k < 2: a halves, c whole (its 1 and 4 are equally far from 2: the coarser) ->
+    # covering (16+16)/48 = 2/3, PRI (1 + 15/31)/2, VI (0 + 1)/2. 2 < k < 2 sqrt(2): a halves, c quarters ->
+    # 2/3, (1 + 23/31)/2, 1/2. Larger k: c eighths (or quarters), a halves: no better.
+    cnt = evaluate_bsds(tmp_path / "p", gdir, scale="count").metrics
+    assert cnt["covering_ods"] == pytest.approx(2 / 3)
+    assert cnt["pri_ods"] == pytest.approx((1 + 23 / 31) / 2)
+    assert cnt["vi_ods"] == pytest.approx(0.5)
+
+
+def test_bsds_missing_image_repeats_its_one_level(tmp_path):
+    # b has no prediction: one segment at every t. a: whole, halves, quarters vs halves (see above).
+    # t = 0: (8 + 8)/32, t = 1: (16 + 8)/32, t = 2: (8 + 8)/32 -> ODS 0.75 at t = 1.
+    gdir = tmp_path / "gt"
+    gdir.mkdir()
+    for name in ("a", "b"):
+        _write_mat(gdir / f"{name}.mat", [_strips(2, 8, 2)])
+    _write_levels(tmp_path / "p", "a", 2, 8, [1, 2, 4])
+    res = evaluate_bsds(tmp_path / "p", gdir)
+    assert res.missing == ["b"] and res.per_image["b"]["nseg"] == [1]
+    assert res.metrics["covering_ods"] == pytest.approx(0.75) and res.ods_scale["covering"] == 1
+    assert res.metrics["pri_ods"] == pytest.approx((1 + 7 / 15) / 2)
 
 
 def test_bsds_errors_name_the_file(tmp_path):
@@ -508,7 +644,20 @@ def test_bsds_cli_json(tmp_path, capsys):
     assert main(["bsds", "--pred", str(tmp_path / "p"), "--gt-dir", str(gdir), "--json", str(out), "--quiet"]) == 0
     m = json.loads(out.read_text())
     assert tuple(m) == BSDS_KEYS and m["covering_ods"] == 1.0 and m["vi_ois"] == 0.0
-    assert "partition of level l" in capsys.readouterr().out
+    assert m["scale"] == "level"  # the benchmark's rule by default
+    text = capsys.readouterr().out
+    assert "partition of level l" in text and "collect_eval_reg" in text
+    args = ["bsds", "--pred", str(tmp_path / "p"), "--gt-dir", str(gdir), "--json", str(out), "--quiet"]
+    assert main([*args, "--scale", "count"]) == 0
+    assert json.loads(out.read_text())["scale"] == "count"
+    assert "NON-STANDARD" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--scale", "nearest"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["bsds", "--help"])
+    helps = " ".join(capsys.readouterr().out.split())
+    assert "level (default): the BSDS500 benchmark's" in helps and "count: NON-STANDARD" in helps
 
 
 def test_real_bsds_gt_as_prediction(data_dir):

@@ -1,7 +1,7 @@
 """``python -m unsam.evaluate``: class-agnostic COCO AR/AP and BSDS500 hierarchy metrics.
 
     python -m unsam.evaluate coco --pred LABELS --gt instances_val2017.json [--max-dets 1000] [--json OUT]
-    python -m unsam.evaluate bsds --pred LABELS --gt-dir bsds500/groundTruth/val [--json OUT]
+    python -m unsam.evaluate bsds --pred LABELS --gt-dir bsds500/groundTruth/val [--scale level|count] [--json OUT]
 
 ``--pred`` is a folder of per-image JSONs as written by ``python -m unsam.label``
 or ``python -m unsam.baselines`` (searched recursively; JSON files without an
@@ -47,15 +47,35 @@ and ``collect_eval_reg.m``)
     index(S, G_a), VI = mean_a (H(S) + H(G_a) - 2 I(S, G_a)), bits (log2).
     Human label 0 (unlabelled, if any) is left out as in the benchmark code.
 
-    Scale: hierarchies differ in depth from image to image, so levels are not
-    comparable across images. The scale is a target segment count k: at
-    scale k each image uses its level whose segment count is nearest to k in
-    log ratio (equal counts: the coarser level). ODS = the best single k for
-    the whole set, searched exactly (one k inside every interval between the
-    breakpoints where some image switches level); covering ODS pools the
-    numerators and denominators above over images, as the benchmark does;
-    PRI and VI are means over images; each metric has its own best k. OIS = each image at its own best
-    level (per metric). VI: lower is better.
+    Scale (``--scale``, default ``level``): the rule that picks which
+    partition of each image is scored at the optimal dataset scale (ODS).
+
+    ``level`` (default; the BSDS500 benchmark's rule, ``collect_eval_reg.m``):
+    the scale is the level index t, the same for every image, as the
+    benchmark's t-th UCM threshold or t-th segmentation of a ``segs`` cell.
+    An image with fewer levels repeats its last (finest) one at larger t
+    (the benchmark itself needs equal counts; this is our extension). At
+    each t, covering = sum over images of the covering numerators above /
+    sum of their denominators (the benchmark adds ``cntR`` and ``sumR``
+    over images, so larger images and images with more annotators weigh
+    more); PRI(t) and VI(t) are plain means over images. ODS = the best t
+    for the set, each metric its own (MATLAB ``max`` / ``min``: the first,
+    i.e. coarsest, t among ties). Level 0 is our coarsest level.
+
+    ``count`` (non-standard, kept for comparison with earlier numbers): the
+    scale is a target segment count k; at scale k each image uses its level
+    whose segment count is nearest to k in log ratio (equal counts: the
+    coarser level). ODS = the best single k for the whole set, searched
+    exactly (one k inside every interval between the breakpoints where some
+    image switches level), pooled and averaged as above. It lets each image
+    pick a different level index, which flatters hierarchies whose levels
+    mean different granularities on different images, so its numbers are
+    not comparable with published ones.
+
+    OIS (both rules) = each image at its own best level, per metric: covering
+    pools that level's numerator and denominator over images (the benchmark
+    takes the last level among ties; the value does not depend on it),
+    PRI and VI are means of the per-image best. VI: lower is better.
 """
 
 from __future__ import annotations
@@ -80,6 +100,7 @@ from pycocotools import mask as mask_utils
 
 __all__ = [
     "BSDS_KEYS",
+    "SCALES",
     "BsdsResult",
     "CocoResult",
     "EvalError",
@@ -92,6 +113,7 @@ __all__ = [
     "load_bsds_gt",
     "load_predictions",
     "main",
+    "ods_ois",
     "probabilistic_rand_index",
     "segmentation_covering",
     "variation_of_information",
@@ -99,7 +121,15 @@ __all__ = [
 
 log = logging.getLogger("unsam.evaluate")
 
-BSDS_KEYS = ("covering_ods", "covering_ois", "pri_ods", "pri_ois", "vi_ods", "vi_ois", "images")
+BSDS_KEYS = ("covering_ods", "covering_ois", "pri_ods", "pri_ois", "vi_ods", "vi_ois", "images", "scale")
+#: ODS rules of ``evaluate bsds``: "level" is the BSDS500 benchmark's, "count" is non-standard.
+SCALES = ("level", "count")
+SCALE_RULES = {
+    "level": "scale = level index t, one for the whole set (BSDS500 benchmark, collect_eval_reg.m); "
+    "an image with fewer levels repeats its last; ODS: best t for the set, OIS: best level per image",
+    "count": "NON-STANDARD scale = target segment count k (each image at its level nearest k in log count), "
+    "not comparable with published numbers; ODS: best k for the set, OIS: best level per image",
+}
 SCORE_RULE = "masks without a score are ranked by area (score = area / (height * width), larger first)"
 AREA_RULE = "every mask ranked by area (score = area / (height * width), larger first; --rank area)"
 MATCH_RULE = "predictions matched to GT images by file name without folders (basename)"
@@ -356,7 +386,7 @@ def _quiet():
         yield
 
 
-def _load_gt(gt: str | os.PathLike[str], limit: int | None) -> dict[str, Any]:
+def _load_gt(gt: str | os.PathLike[str], limit: int | None, image_ids: Iterable[int] | None = None) -> dict[str, Any]:
     path = Path(gt)
     if not path.is_file():
         raise EvalError(f"GT annotation file {path} does not exist")
@@ -375,6 +405,12 @@ def _load_gt(gt: str | os.PathLike[str], limit: int | None) -> dict[str, Any]:
             raise EvalError(f"{path}: images[{i}] needs int id, width, height and a file_name")
         images.append(im)
     images.sort(key=lambda im: (im["file_name"], im["id"]))
+    if image_ids is not None:
+        wanted = set(image_ids)
+        unknown = wanted - {im["id"] for im in images}
+        if unknown:
+            raise EvalError(f"{path}: image_ids not in this GT file: {sorted(unknown)[:10]}")
+        images = [im for im in images if im["id"] in wanted]
     if limit is not None:
         images = images[: max(0, limit)]
     all_ids = {im["id"] for im in obj["images"]}
@@ -433,6 +469,7 @@ def evaluate_coco(
     rank: str = "score",
     curve: Iterable[int] = (),
     progress: bool = False,
+    image_ids: Iterable[int] | None = None,
 ) -> CocoResult:
     """Class-agnostic mask AR/AP of predictions against a COCO GT file (see the module docstring).
 
@@ -444,6 +481,8 @@ def evaluate_coco(
         rank: ``"score"`` (a mask's score; area for masks without one) or ``"area"``.
         curve: extra maxDets values k for which AR@k is reported in ``CocoResult.curve``.
         progress: progress bar while reading predictions.
+        image_ids: evaluate only these GT images (e.g. :data:`unsam.splits.COCO_MINI_EVAL_IDS`),
+            before ``limit``; predictions for the other GT images are ignored without a note.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -452,7 +491,7 @@ def evaluate_coco(
         raise EvalError(f"--max-dets should be >= 1, got {max_dets}")
     if rank not in ("score", "area"):
         raise ValueError(f"rank should be 'score' or 'area', got {rank!r}")
-    g = _load_gt(gt, limit)
+    g = _load_gt(gt, limit, image_ids)
     gt_path: Path = g["path"]
     if not g["images"]:
         raise EvalError(f"{gt_path}: no images to evaluate")
@@ -755,24 +794,47 @@ def _candidate_scales(all_nseg: Sequence[np.ndarray]) -> list[float]:
 
 @dataclass
 class BsdsResult:
-    """What :func:`evaluate_bsds` found. ``metrics`` has exactly :data:`BSDS_KEYS`."""
+    """What :func:`evaluate_bsds` found. ``metrics`` has exactly :data:`BSDS_KEYS` (``scale`` included)."""
 
     metrics: dict[str, Any]
-    ods_scale: dict[str, float]  #: the target segment count k chosen by ODS, per metric
+    #: per metric, the scale chosen by ODS: the level index t (``scale="level"``) or the target segment count k
+    ods_scale: dict[str, float]
     per_image: dict[str, dict[str, list[float]]]  #: per GT image: per-level cnt, sum, pri, vi, nseg
     notes: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    scale: str = "level"  #: the ODS rule: "level" (the benchmark's) or "count" (non-standard)
 
 
-def ods_ois(per_image: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, float], dict[str, float]]:
-    """ODS / OIS numbers (and ODS scales) from per-image per-level scores (see the module docstring)."""
+def _ratio(cnt: np.ndarray | float, tot: np.ndarray | float) -> np.ndarray:
+    # The benchmark's cnt ./ (sum + (sum == 0)): 0 where nothing is counted.
+    tot = np.asarray(tot, np.float64)
+    return np.asarray(cnt, np.float64) / (tot + (tot == 0))
+
+
+def _ods_level(per_image: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, float], dict[str, float]]:
+    """ODS at one level index t for the whole set (``collect_eval_reg.m``); shorter hierarchies repeat their last."""
+    depth = max(len(s["cnt"]) for s in per_image)
+
+    def table(key: str) -> np.ndarray:  # [images, depth], each row padded with its last value
+        return np.stack([np.concatenate([s[key], np.repeat(s[key][-1:], depth - len(s[key]))]) for s in per_image])
+
+    cov = _ratio(table("cnt").sum(0), table("sum").sum(0))
+    pri, vi = table("pri").mean(0), table("vi").mean(0)
+    # argmax / argmin give the first t among ties, as MATLAB's max / min.
+    at = {"covering": int(np.argmax(cov)), "pri": int(np.argmax(pri)), "vi": int(np.argmin(vi))}
+    ods = {"covering": cov[at["covering"]], "pri": pri[at["pri"]], "vi": vi[at["vi"]]}
+    return ods, {m: float(t) for m, t in at.items()}
+
+
+def _ods_count(per_image: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, float], dict[str, float]]:
+    """ODS at one target segment count k for the whole set (non-standard; see the module docstring)."""
     nimg = len(per_image)
     best = {"covering": (-1.0, 0.0), "pri": (-1.0, 0.0), "vi": (math.inf, 0.0)}
     for k in _candidate_scales([s["nseg"] for s in per_image]):
         sel = [_select(s["nseg"], k) for s in per_image]
-        cov = sum(s["cnt"][l] for s, l in zip(per_image, sel)) / max(
-            sum(s["sum"][l] for s, l in zip(per_image, sel)), 1e-12
+        cov = float(
+            _ratio(sum(s["cnt"][l] for s, l in zip(per_image, sel)), sum(s["sum"][l] for s, l in zip(per_image, sel)))
         )
         pri = sum(s["pri"][l] for s, l in zip(per_image, sel)) / nimg
         vi = sum(s["vi"][l] for s, l in zip(per_image, sel)) / nimg
@@ -783,22 +845,39 @@ def ods_ois(per_image: Sequence[dict[str, np.ndarray]]) -> tuple[dict[str, float
             best["pri"] = (pri, k)
         if vi < best["vi"][0]:
             best["vi"] = (vi, k)
+    return {m: v for m, (v, _) in best.items()}, {m: k for m, (_, k) in best.items()}
+
+
+def ods_ois(
+    per_image: Sequence[dict[str, np.ndarray]], scale: str = "level"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """ODS / OIS numbers, and the scale ODS chose per metric, from per-image per-level scores.
+
+    ``per_image``: one dict per image with per-level arrays ``cnt``, ``sum``
+    (covering numerator and denominator), ``pri``, ``vi`` and ``nseg``.
+    ``scale``: ``"level"`` (the benchmark's rule) or ``"count"`` (non-standard);
+    see the module docstring.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale should be one of {SCALES}, got {scale!r}")
+    if not per_image:
+        raise EvalError("no images to evaluate")
+    ods, at = _ods_level(per_image) if scale == "level" else _ods_count(per_image)
     cov_cnt = cov_sum = 0.0
     for s in per_image:
-        r = s["cnt"] / np.maximum(s["sum"], 1e-12)
-        i = int(np.argmax(r))
+        r = _ratio(s["cnt"], s["sum"])
+        i = int(np.flatnonzero(r == r.max())[-1])  # the benchmark's ff(end): the last level among ties
         cov_cnt += s["cnt"][i]
         cov_sum += s["sum"][i]
     metrics = {
-        "covering_ods": best["covering"][0],
-        "covering_ois": cov_cnt / max(cov_sum, 1e-12),
-        "pri_ods": best["pri"][0],
-        "pri_ois": float(np.mean([s["pri"].max() for s in per_image])),
-        "vi_ods": best["vi"][0],
-        "vi_ois": float(np.mean([s["vi"].min() for s in per_image])),
+        "covering_ods": ods["covering"],
+        "covering_ois": _ratio(cov_cnt, cov_sum),
+        "pri_ods": ods["pri"],
+        "pri_ois": np.mean([s["pri"].max() for s in per_image]),
+        "vi_ods": ods["vi"],
+        "vi_ois": np.mean([s["vi"].min() for s in per_image]),
     }
-    scales = {m: best[m][1] for m in best}
-    return {k: float(v) for k, v in metrics.items()}, scales
+    return {k: float(v) for k, v in metrics.items()}, at
 
 
 def evaluate_bsds(
@@ -807,6 +886,7 @@ def evaluate_bsds(
     limit: int | None = None,
     progress: bool = False,
     uncovered: str = "components",
+    scale: str = "level",
 ) -> BsdsResult:
     """Segmentation covering, PRI and VI at ODS and OIS of hierarchical predictions on BSDS500.
 
@@ -816,9 +896,14 @@ def evaluate_bsds(
         limit: only the first ``limit`` GT files (sorted by name).
         progress: progress bar over the images.
         uncovered: how pixels no mask covers become segments (see :func:`level_partitions`).
+        scale: the ODS rule: ``"level"`` (default, the BSDS500 benchmark's: one
+            level index for the whole set) or ``"count"`` (non-standard: each
+            image at its level nearest a segment count); see the module docstring.
     """
     from tqdm import tqdm
 
+    if scale not in SCALES:
+        raise ValueError(f"scale should be one of {SCALES}, got {scale!r}")
     gdir = Path(gt_dir)
     if not gdir.is_dir():
         raise EvalError(f"GT folder {gdir} does not exist")
@@ -828,6 +913,8 @@ def evaluate_bsds(
     all_stems = {f.stem for f in gt_files}
     if limit is not None:
         gt_files = gt_files[: max(0, limit)]
+        if not gt_files:
+            raise EvalError(f"limit {limit} leaves no GT image to evaluate")
     items, notes = load_predictions(pred, stem=True, progress=False)
     if items and isinstance(items[0], dict):
         raise EvalError(f"{pred}: a COCO results list has no file names or hierarchy; BSDS needs per-image label JSONs")
@@ -851,23 +938,22 @@ def evaluate_bsds(
                 )
             parts = level_partitions(p.anns, h, w, where=p.source, uncovered=uncovered)
         per_image[f.stem] = _level_scores(parts, gts)
-    metrics, scales = ods_ois(list(per_image.values()))
+    metrics, scales = ods_ois(list(per_image.values()), scale)
     metrics["images"] = len(per_image)
+    metrics["scale"] = scale
     rest = (
         "each 4-connected uncovered area is one segment"
         if uncovered == "components"
         else "all uncovered pixels form one segment"
     )
     notes.append(f"partition of level l: deepest mask with level <= l per pixel; {rest}")
-    notes.append(
-        "scale = target segment count k (nearest level in log count); ODS: best k for the set, OIS: best level per image"
-    )
+    notes.append(SCALE_RULES[scale])
     if missing:
         notes.append(f"{len(missing)} GT image(s) without a prediction, scored as one segment")
     if unmatched:
         notes.append(f"{len(unmatched)} prediction(s) for images not in the GT folder, ignored")
     per_list = {k: {m: v.tolist() for m, v in s.items()} for k, s in per_image.items()}
-    return BsdsResult({k: metrics[k] for k in BSDS_KEYS}, scales, per_list, notes, unmatched, missing)
+    return BsdsResult({k: metrics[k] for k in BSDS_KEYS}, scales, per_list, notes, unmatched, missing, scale)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -918,6 +1004,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="components",
         help="pixels no mask covers: one segment per 4-connected area, or one segment in all",
     )
+    b.add_argument(
+        "--scale",
+        choices=list(SCALES),
+        default="level",
+        help="ODS rule. level (default): the BSDS500 benchmark's (collect_eval_reg.m): one level index t for the "
+        "whole set, an image with fewer levels repeats its last. count: NON-STANDARD, each image at its level "
+        "nearest a target segment count k; not comparable with published numbers",
+    )
     return ap
 
 
@@ -959,8 +1053,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             title = f"unsam.evaluate coco: {args.pred} vs {args.gt} (class-agnostic segm, useCats=0)"
         else:
-            res = evaluate_bsds(args.pred, args.gt_dir, limit=args.limit, progress=progress, uncovered=args.uncovered)
-            title = f"unsam.evaluate bsds: {args.pred} vs {args.gt_dir}"
+            res = evaluate_bsds(
+                args.pred, args.gt_dir, limit=args.limit, progress=progress, uncovered=args.uncovered, scale=args.scale
+            )
+            std = "BSDS500 benchmark rule" if args.scale == "level" else "NON-STANDARD count rule"
+            title = f"unsam.evaluate bsds: {args.pred} vs {args.gt_dir} (scale: {args.scale}, {std})"
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
