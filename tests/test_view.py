@@ -50,7 +50,7 @@ def labels(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("view") / "labels"
     assert label_main(["--input", str(IMAGES), "--output", str(out), "--backbone", "classic", "--workers", "0", "--quiet"]) == 0
-    assert len(list(out.glob("*.json"))) == 4  # 3 images + summary.json
+    assert keys_of(out) == ["coco_062554.json", "coco_397133.json", "coco_475678.json"]
     return out
 
 
@@ -82,6 +82,17 @@ def mask_at(anns: list[dict], masks: np.ndarray, level: int, x: int, y: int) -> 
     if not hits:
         return None
     return max(hits, key=lambda i: (anns[i]["level"], -int(masks[..., i].sum()), i))
+
+
+def interior_pixel(part: np.ndarray, seg: int) -> tuple[int, int]:
+    """(x, y) of a pixel of segment ``seg`` whose 4 neighbours are in it too (a click there cannot miss)."""
+    inner = part == seg
+    inner[1:-1, 1:-1] &= (part[:-2, 1:-1] == seg) & (part[2:, 1:-1] == seg) & (part[1:-1, :-2] == seg) & (part[1:-1, 2:] == seg)
+    inner[[0, -1], :] = False
+    inner[:, [0, -1]] = False
+    ys, xs = np.nonzero(inner)
+    assert len(ys), f"segment {seg} has no interior pixel"
+    return int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
 
 
 def canonical(labels: np.ndarray) -> np.ndarray:
@@ -437,10 +448,7 @@ def test_click_selects_the_mask_there_and_walks_the_tree(driver, server, labels)
         # A pixel inside the largest and inside a middle-sized segment, away from their borders.
         ids, counts = np.unique(part, return_counts=True)
         for seg in (ids[np.argmax(counts)], ids[np.argsort(counts)[len(counts) // 2]]):
-            inner = part == seg
-            inner[1:-1, 1:-1] &= (part[:-2, 1:-1] == seg) & (part[2:, 1:-1] == seg) & (part[1:-1, :-2] == seg) & (part[1:-1, 2:] == seg)
-            ys, xs = np.nonzero(inner)
-            y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+            x, y = interior_pixel(part, seg)
             vb.click_pixel(driver, "main", x, y)
             assert js(driver, "return window.unsamView.lastPixel;") == {"side": "main", "x": x, "y": y}
             i = mask_at(anns, masks, lv, x, y)
@@ -487,14 +495,16 @@ def test_hover_filters_and_keyboard(driver, server, labels):
     open_key(driver, server, keys[0])
     js(driver, "window.unsamView.setLevel(6);")
     # Hover: the status line names the mask under the pointer, and the highlight layer is drawn there.
-    x, y = w // 3, h // 2
+    part = partition(anns, h, w, 6)
+    ids, counts = np.unique(part, return_counts=True)
+    x, y = interior_pixel(part, ids[np.argmax(counts)])
     pt = js(driver, "return window.unsamView.clientPoint('main', arguments[0], arguments[1]);", x, y)
     chain = ActionChains(driver)
     chain.w3c_actions.pointer_action.move_to_location(round(pt["x"]), round(pt["y"]))
     chain.perform()
     time.sleep(0.15)
     i = mask_at(anns, masks, 6, x, y)
-    assert f"main: mask #{anns[i]['id']} " in driver.find_element("id", "status").text
+    assert (f"main: mask #{anns[i]['id']} " if i is not None else "main: uncovered area") in driver.find_element("id", "status").text
     assert js(driver, "return window.unsamView.layerAlpha('main', 'hover', arguments[0], arguments[1]);", x, y) > 0
     # Filters: minimum score and source, against level_partitions of the masks they keep.
     thr = float(np.median([a["score"] for a in anns]))
@@ -512,12 +522,15 @@ def test_hover_filters_and_keyboard(driver, server, labels):
     assert js(driver, "return window.unsamView.segments();") == int(partition(kept, h, w, 20).max())
     driver.find_element("css selector", "input[data-source=partition]").click()
     assert js(driver, "return window.unsamView.segments();") == int(partition(anns, h, w, 20).max())
-    # Outlines only: the fill goes, the outlines stay.
+    # Outlines only: the fill goes (at an inner pixel of a segment of level 6), the outlines stay.
+    js(driver, "window.unsamView.setLevel(6);")
     alpha_filled = js(driver, "return window.unsamView.layerAlpha('main', 'over', arguments[0], arguments[1]);", x, y)
     from selenium.webdriver.support.ui import Select
 
+    covered = js(driver, "return window.unsamView.layerCoverage('main', 'over');")
     Select(driver.find_element("id", "mode")).select_by_value("outlines")
     assert alpha_filled > 0 and js(driver, "return window.unsamView.layerAlpha('main', 'over', arguments[0], arguments[1]);", x, y) == 0
+    assert 0 < js(driver, "return window.unsamView.layerCoverage('main', 'over');") < 0.5 * covered
     Select(driver.find_element("id", "mode")).select_by_value("filled")
     # Keyboard: right and left arrows step through the list.
     js(driver, "document.activeElement.blur();")

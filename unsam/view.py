@@ -87,7 +87,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LabelSet", "Viewer", "build_parser", "main", "make_server", "STATIC_DIR"]
+__all__ = ["STATIC_DIR", "LabelSet", "Viewer", "address", "build_parser", "main", "make_server"]
 
 log = logging.getLogger("unsam.view")
 
@@ -693,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     # Import the label checks (unsam.io imports torch: seconds) now, not on the first page.
     import PIL.Image  # noqa: F401
+
     import unsam.io  # noqa: F401
 
     try:

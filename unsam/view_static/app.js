@@ -726,6 +726,15 @@
     const u = Math.floor(((y + 0.5) * g.cw) / s.d.H), v = Math.floor(((x + 0.5) * g.ch) / s.d.W);
     return s.ctx[layer].getImageData(u, v, 1, 1).data[3];
   };
+  /** Share of a layer's canvas pixels that are drawn (alpha > 0). */
+  view.layerCoverage = (sideName, layer) => {
+    const s = S.sides.find((v) => v.name === sideName), g = s?.d?.grid;
+    if (!g) return null;
+    const a = s.ctx[layer].getImageData(0, 0, g.cw, g.ch).data;
+    let n = 0;
+    for (let i = 3; i < a.length; i += 4) if (a[i]) n++;
+    return n / (g.cw * g.ch);
+  };
   view.select = (sideName, id) => {
     const d = S.sides.find((v) => v.name === sideName)?.d, i = d?.byId.get(id);
     select(i === undefined ? null : { side: sideName, i });
