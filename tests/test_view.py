@@ -324,6 +324,37 @@ def test_image_list_is_paged_on_the_server(tmp_path):
         assert get_json(url, "/api/images?offset=x")[0] == 400
 
 
+def test_images_are_sent_as_the_labeler_saw_them(labels, tmp_path):
+    """JPEG/PNG as they are; TIFF and EXIF-rotated files decoded by unsam.io.load_image and sent as PNG."""
+    import io
+
+    from PIL import Image
+
+    images, lab = tmp_path / "images", tmp_path / "lab"
+    images.mkdir()
+    shutil.copy(IMAGES / "coco_062554.jpg", images / "plain.jpg")
+    with Image.open(IMAGES / "coco_062554.jpg") as im:
+        im.save(images / "scan.tif")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+        im.save(images / "phone.jpg", exif=exif)
+        w, h = im.size
+    obj = load(labels, "coco_062554.json")
+    for name, size in (("plain.jpg", (w, h)), ("scan.tif", (w, h)), ("phone.jpg", (h, w))):
+        o = json.loads(json.dumps(obj))
+        o["image"].update(file_name=name, width=size[0], height=size[1])
+        o["annotations"] = [annotation_record(1, np.ones(size[::-1], bool), level=0, parent_id=None, score=1.0, source="partition")]
+        write_json_atomic(lab / f"{name}.json", o)
+    with served(lab, images) as url:
+        for name, size, fmt in (("plain.jpg", (w, h), "JPEG"), ("scan.tif", (w, h), "PNG"), ("phone.jpg", (h, w), "PNG")):
+            assert raw_get(url, f"/api/label/{name}.json")[0] == 200, name
+            status, body = raw_get(url, f"/api/image/{name}.json")
+            assert status == 200
+            with Image.open(io.BytesIO(body)) as got:
+                assert (got.format, got.size) == (fmt, size), name
+        assert raw_get(url, "/api/image/plain.jpg.json")[1] == (images / "plain.jpg").read_bytes()
+
+
 def test_image_root_from_the_recorded_input(labels, tmp_path, monkeypatch):
     # unsam.label records --input as given: a relative one is tried from here, then from LABELS' parent.
     proj = tmp_path / "proj"
