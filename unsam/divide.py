@@ -54,6 +54,10 @@ class DivideConfig:
     background_regions: bool = True  #: uncovered connected parts become regions too
     recursive_depth: int = 2  #: cut regions again inside their own graph, this deep
     recursive_min_area: float = 0.04  #: only regions larger than this fraction are cut again
+    # A recursive cut whose NCut value is near 1 splits a region with no structure
+    # (on an unstructured graph every balanced cut scores 1); such graphs also have
+    # near-equal eigenvalues, so their "Fiedler vector" is not even defined.
+    recursive_max_ncut: float | None = None  #: keep a recursive cut only when its NCut value is below this (None: any)
     max_regions: int = 60  #: cap on regions per image
     tol: float = 1e-5  #: Lanczos residual tolerance
     max_iter: int = 200  #: Lanczos step cap
@@ -101,6 +105,30 @@ def _component(fg: np.ndarray, seed: int) -> np.ndarray:
     return lab == s if s else np.zeros_like(fg)
 
 
+#: Ties in reading an eigenvector: entries within TIE_RTOL x max|x - mean| of the mean
+#: are not above it, and entries within TIE_RTOL of a maximum tie with it (the first
+#: wins). Degenerate graphs (symmetric or nearly isolated patches) have exactly equal
+#: entries, which rounding would otherwise split differently in every solver.
+TIE_RTOL = 1e-9
+
+
+def first_max(v: np.ndarray) -> int:
+    """Index of the first entry within TIE_RTOL of the maximum (NaN and -inf ignored)."""
+    fin = v[np.isfinite(v)]
+    top = fin.max()
+    return int(np.argmax(np.where(np.isfinite(v), v, -np.inf) >= top - TIE_RTOL * max(np.abs(fin).max(), 1e-300)))
+
+
+def canonical_sign(x: np.ndarray) -> np.ndarray:
+    """x with the divide's sign rule: the first entry of largest |x| (within TIE_RTOL) is positive."""
+    return -x if x[first_max(np.abs(x))] < 0 else x
+
+
+def above_mean(x: np.ndarray, mean: float, spread: float) -> np.ndarray:
+    """x > mean, with entries within TIE_RTOL x spread of the mean counting as not above."""
+    return (x - mean) > TIE_RTOL * spread
+
+
 def bipartition(x: np.ndarray, allowed: np.ndarray, corners: bool = True) -> tuple[np.ndarray, int]:
     """MaskCut's rule (ALGORITHM.md §2.3) on a 2-D eigenvector.
 
@@ -112,8 +140,8 @@ def bipartition(x: np.ndarray, allowed: np.ndarray, corners: bool = True) -> tup
     """
     xm = np.where(allowed, x, np.nan)
     mean = np.nanmean(xm)
-    fg = x > mean
-    seed = int(np.nanargmax(np.abs(xm)))
+    fg = above_mean(x, mean, np.nanmax(np.abs(xm - mean)))
+    seed = first_max(np.abs(xm))
     flip = False
     if corners:
         c = [fg[0, 0], fg[0, -1], fg[-1, 0], fg[-1, -1]]
@@ -122,9 +150,9 @@ def bipartition(x: np.ndarray, allowed: np.ndarray, corners: bool = True) -> tup
         flip = True
     if flip:
         fg = ~fg
-        seed = int(np.nanargmax(-xm))
+        seed = first_max(-xm)
     else:
-        seed = int(np.nanargmax(xm))
+        seed = first_max(xm)
     fg &= allowed
     return _component(fg, seed), seed
 
@@ -135,15 +163,16 @@ def bipartition_published(x: np.ndarray) -> np.ndarray:
     foreground, else if the seed is not; after a flip the seed is argmax(-x),
     else argmax(x); the mask is the seed's 4-connected foreground component."""
     flat = x.reshape(-1)
-    fg = flat > flat.sum() / flat.size
-    seed = int(np.argmax(np.abs(flat)))
+    mean = flat.sum() / flat.size
+    fg = above_mean(flat, mean, np.abs(flat - mean).max())
+    seed = first_max(np.abs(flat))
     grid = fg.reshape(x.shape)
     corners = int(grid[0, 0]) + int(grid[0, -1]) + int(grid[-1, 0]) + int(grid[-1, -1])
     if corners >= 3 or not fg[seed]:
         fg = ~fg
-        seed = int(np.argmax(-flat))
+        seed = first_max(-flat)
     else:
-        seed = int(np.argmax(flat))
+        seed = first_max(flat)
     return _component(fg.reshape(x.shape), seed)
 
 
@@ -224,7 +253,7 @@ def divide_batch(feats: torch.Tensor, cfg: DivideConfig | None = None) -> list[l
         if x_all is None:
             x_all = torch.zeros(nb, n, dtype=x.dtype, device=x.device)
         x_all[ia.to(x.device)] = x
-        xs = x.cpu().numpy().reshape(len(active), gh, gw)
+        xs = np.stack([canonical_sign(v) for v in x.cpu().numpy()]).reshape(len(active), gh, gw)
         lams = lam.cpu().numpy()
         for j, i in enumerate(active):
             st = states[i]
@@ -282,19 +311,22 @@ def _finish_regions(st: _CutState, bits: torch.Tensor, cfg: DivideConfig) -> lis
         sb, sd = subgraph(bits, it, cfg.eps)
         sx, lam, _ = lanczos_fiedler(sb, sd, eps=cfg.eps, tol=cfg.tol, max_iter=cfg.max_iter)
         xs = np.full(n, np.nan)
-        xs[idx] = sx.cpu().numpy()
+        xs[idx] = canonical_sign(sx.cpu().numpy())
         xs = xs.reshape(gh, gw)
         allowed = r.mask
         for sign in (1.0, -1.0):
-            xv = np.where(allowed, sign * xs, 0.0)
-            fg = (sign * xs > np.nanmean(sign * xs[allowed])) & allowed
-            seed = int(np.nanargmax(np.where(allowed, xv, -np.inf)))
+            v = sign * xs[allowed]
+            mean = v.mean()
+            fg = above_mean(sign * xs, mean, np.abs(v - mean).max()) & allowed
+            seed = first_max(np.where(allowed, sign * xs, -np.inf))
             part = _component(fg, seed)
             if part.mean() <= cfg.min_area or part.sum() >= 0.95 * r.mask.sum():
                 continue
             if len(regions) >= cfg.max_regions:
                 break
             ncut = _ncut_value(sb, sd, part.reshape(-1)[idx], cfg.eps)
+            if cfg.recursive_max_ncut is not None and not ncut < cfg.recursive_max_ncut:
+                continue
             regions.append(Region(part, float(lam), ncut, r.depth + 1, ri))
             todo.append(len(regions) - 1)
     return regions
