@@ -1,4 +1,10 @@
 // CPU backend of unsam::affinity: cosine tiles by GEMM, then threshold + pack.
+//
+// The graph is symmetric, so only the upper block triangle is multiplied (each
+// row tile against the columns from its own first row on: half the flops of
+// the full product, which dominates at C = 768) and the lower triangle is the
+// transpose of the upper one, 32 x 32 bits at a time. As a bonus the bit graph
+// is exactly symmetric (two GEMM tiles can round S_ij and S_ji differently).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,28 +15,66 @@ namespace unsam::ops {
 namespace {
 
 // Rows per cosine tile: about 4 M floats (16 MB) per tile, so the N x N
-// cosine matrix never exists at once (N = 10000 would be 400 MB).
+// cosine matrix never exists at once (N = 10000 would be 400 MB). A multiple
+// of 32, so that tiles start on word boundaries.
 int64_t affinity_tile_rows(int64_t n) {
-  return std::max<int64_t>(64, std::min<int64_t>(n, (int64_t{1} << 22) / std::max<int64_t>(n, 1)));
+  const int64_t t = std::max<int64_t>(64, std::min<int64_t>(n, (int64_t{1} << 22) / std::max<int64_t>(n, 1)));
+  return (t + 31) / 32 * 32;
 }
 
-void pack_rows(const float* s, int64_t rows, int64_t n, float tau, int32_t* bits,
-               int32_t* counts) {
+// Threshold rows of cosines s [rows, n - c0] (columns c0.. of the graph, c0 a
+// multiple of 32) into the words c0 / 32.. of the packed rows.
+void pack_rows(const float* s, int64_t rows, int64_t n, int64_t c0, float tau, int32_t* bits) {
   const int64_t w = packed_words(n);
+  const int64_t width = n - c0;
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float* row = s + r * n;
+      const float* row = s + r * width;
       uint32_t* out = reinterpret_cast<uint32_t*>(bits + r * w);
-      int32_t cnt = 0;
-      for (int64_t k = 0; k < w; ++k) {
+      for (int64_t k = c0 / 32; k < w; ++k) {
         const int64_t j0 = k * 32;
         const int64_t j1 = std::min<int64_t>(n, j0 + 32);
         uint32_t word = 0;
-        for (int64_t j = j0; j < j1; ++j) word |= static_cast<uint32_t>(row[j] > tau) << (j - j0);
+        for (int64_t j = j0; j < j1; ++j) word |= static_cast<uint32_t>(row[j - c0] > tau) << (j - j0);
         out[k] = word;
-        cnt += __builtin_popcount(word);
       }
-      counts[r] = cnt;
+    }
+  });
+}
+
+// In-place transpose of a 32 x 32 bit matrix: a[i] bit j <-> a[j] bit i (bit j of
+// a word is column j, as in the packed graph). Hacker's Delight, section 7-3.
+void transpose32(uint32_t* a) {
+  uint32_t m = 0x0000FFFFu;
+  for (int j = 16; j != 0; j >>= 1, m ^= (m << j)) {
+    for (int k = 0; k < 32; k = (k + j + 1) & ~j) {
+      const uint32_t t = ((a[k] >> j) ^ a[k + j]) & m;
+      a[k] ^= t << j;
+      a[k + j] ^= t;
+    }
+  }
+}
+
+// The lower block triangle (columns before each row tile's first row) from the
+// upper one: block (row block i, column block j) = transpose of block (j, i).
+void mirror_lower(int32_t* bits, int64_t n, int64_t tile) {
+  const int64_t w = packed_words(n);
+  const int64_t blocks = w;  // 32-row blocks
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    uint32_t blk[32];
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t first_col_block = (bi * 32) / tile * tile / 32;  // computed from here on
+      for (int64_t bj = 0; bj < first_col_block; ++bj) {
+        for (int k = 0; k < 32; ++k) {
+          const int64_t src = bj * 32 + k;
+          blk[k] = src < n ? reinterpret_cast<const uint32_t*>(bits)[src * w + bi] : 0u;
+        }
+        transpose32(blk);
+        for (int k = 0; k < 32; ++k) {
+          const int64_t dst = bi * 32 + k;
+          if (dst < n) reinterpret_cast<uint32_t*>(bits)[dst * w + bj] = blk[k];
+        }
+      }
     }
   });
 }
@@ -60,14 +104,23 @@ std::tuple<at::Tensor, at::Tensor> affinity_cpu(const at::Tensor& feats,
   const int64_t tile = affinity_tile_rows(n);
   for (int64_t g = 0; g < b; ++g) {
     auto fg = f[g];
-    auto fgt = fg.t();
+    int32_t* bg = bits.data_ptr<int32_t>() + g * n * w;
     for (int64_t r0 = 0; r0 < n; r0 += tile) {
       const int64_t t = std::min(tile, n - r0);
-      auto s = at::mm(fg.narrow(0, r0, t), fgt).contiguous();  // [t, n] cosines
-      pack_rows(s.data_ptr<float>(), t, n, static_cast<float>(tau),
-                bits.data_ptr<int32_t>() + (g * n + r0) * w,
-                counts.data_ptr<int32_t>() + g * n + r0);
+      // [t, n - r0] cosines: this tile's rows against the columns from its first row on.
+      auto s = at::mm(fg.narrow(0, r0, t), fg.narrow(0, r0, n - r0).t()).contiguous();
+      pack_rows(s.data_ptr<float>(), t, n, r0, static_cast<float>(tau), bg + r0 * w);
     }
+    mirror_lower(bg, n, tile);
+    int32_t* cg = counts.data_ptr<int32_t>() + g * n;
+    at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int32_t cnt = 0;
+        const uint32_t* row = reinterpret_cast<const uint32_t*>(bg + r * w);
+        for (int64_t k = 0; k < w; ++k) cnt += __builtin_popcount(row[k]);
+        cg[r] = cnt;
+      }
+    });
   }
   // Exact eps graph: d_i = (1 - eps) * |row i of bits| + eps * N.
   auto deg = counts.to(at::kDouble) * (1.0 - eps) + eps * static_cast<double>(n);
