@@ -545,7 +545,7 @@ def mask_stage(
     if cfg.clip_to_parent:
         ov.update(clip_to_parents(items, _parents(items, ov.inter, cfg, up_of)))
     keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou, _protected(items, cfg))
-    keep = keep[: cfg.max_masks]
+    keep = _best(items, keep, cfg)
     changed: list[int] = []
     for attempt in range(4):
         ov = ov.subset(keep)
@@ -558,7 +558,7 @@ def mask_stage(
         keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou, _protected(items, cfg))
     if changed:
         ov.update(changed)
-    items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou, ov.inter, _protected(items, cfg))
+    items, parents, levels = _prune(items, parents, min_area, cfg.nms_iou, ov.inter, _protected(items, cfg), cfg.contain)
     t1 = time.perf_counter()
     anns = to_annotations(items, parents, levels, full_h, full_w, work_hw=work_hw)
     add("masks", t1 - t0)
@@ -575,11 +575,53 @@ def _protected(items: list[MaskItem], cfg: MaskConfig) -> np.ndarray:
     return np.array([cfg.levels == "partition" and _on_ladder(m) for m in items], bool)
 
 
+def _best(items: list[MaskItem], keep: list[int], cfg: MaskConfig) -> list[int]:
+    """At most ``max_masks`` of the NMS survivors ``keep``, best score first, where a
+    partition-ladder mask of level l comes with every ladder mask of levels <= l (the
+    levels stay complete partitions); a ladder level that no longer fits is skipped with
+    all deeper ones, and the budget goes on to the next best other masks."""
+    if len(keep) <= cfg.max_masks:
+        return keep
+    ladder = _protected(items, cfg)
+    by_level: dict[int, list[int]] = {}
+    for i in keep:
+        if ladder[i]:
+            by_level.setdefault(int(items[i].meta["partition_level"]), []).append(i)
+    order = sorted(keep, key=lambda i: (-items[i].score, -items[i].area, i))
+    taken: set[int] = set()
+    done_level, blocked = -1, False  # ladder levels 0..done_level are in
+    for i in order:
+        if len(taken) >= cfg.max_masks:
+            break
+        if i in taken:
+            continue
+        if not ladder[i]:
+            taken.add(i)
+            continue
+        lv = int(items[i].meta["partition_level"])
+        if blocked:
+            continue
+        unit = [j for level in sorted(by_level) if done_level < level <= lv for j in by_level[level]]
+        if len(taken) + len(unit) > cfg.max_masks:
+            blocked = True  # levels must stay whole and nested: no deeper level either
+            continue
+        taken.update(unit)
+        done_level = max(done_level, lv)
+    return [i for i in keep if i in taken]
+
+
 def _parents(items: list[MaskItem], inter: np.ndarray, cfg: MaskConfig, up_of: dict) -> list[int]:
-    """Each mask's parent (index into items, -1: a root) under ``cfg.levels``."""
-    out = parents_from_intersections(inter, cfg.contain)
+    """Each mask's parent (index into items, -1: a root) under ``cfg.levels``.
+
+    Whatever the rule, a parent holds at least ``cfg.contain`` of its child: a stage's
+    tree parent that does not (a top cluster may reach 10 % outside its divide region,
+    and its child may lie in that part) gives way to the smallest such container.
+    """
+    containers = parents_from_intersections(inter, cfg.contain)
+    out = list(containers)
     if cfg.levels == "depth":
         return out
+    area = np.diag(inter)
     where = {m.meta["key"]: i for i, m in enumerate(items) if "key" in m.meta}
     for i, m in enumerate(items):
         key = m.meta.get("key")
@@ -588,7 +630,10 @@ def _parents(items: list[MaskItem], inter: np.ndarray, cfg: MaskConfig, up_of: d
         p = up_of.get(key)
         while p is not None and p not in where:  # the nearest kept ancestor
             p = up_of.get(p)
-        out[i] = where[p] if p is not None else -1
+        q = where[p] if p is not None else -1
+        if q >= 0 and inter[i, q] < cfg.contain * area[i]:
+            q = containers[i]
+        out[i] = q
     return out
 
 
@@ -599,6 +644,7 @@ def _prune(
     iou: float,
     inter: np.ndarray,
     protected: np.ndarray | None = None,
+    contain: float = 0.9,
 ):
     """Drop masks that clipping left too small, or too close to their parent (IoU above
     the NMS threshold); their children go to the nearest kept ancestor; ``protected``
@@ -626,6 +672,14 @@ def _prune(
             remap[i] = len(kept)
             kept.append(m)
     new_parents = [remap[p] if (p := up(parents[i])) >= 0 else -1 for i in range(len(items)) if alive[i]]
+    # A child of a dropped mask goes to its nearest kept ancestor; where that one holds
+    # less than ``contain`` of it, to its smallest kept container instead.
+    idx = np.array(sorted(remap), np.int64)
+    sub = inter[np.ix_(idx, idx)] if idx.size else np.zeros((0, 0), np.int64)
+    containers = parents_from_intersections(sub, contain)
+    for k, p in enumerate(new_parents):
+        if p >= 0 and not protected[idx[k]] and sub[k, p] < contain * sub[k, k]:
+            new_parents[k] = containers[k]
     fixed = {remap[i]: int(items[i].meta["partition_level"]) for i in remap if protected[i]}
     levels: list[int | None] = [None] * len(kept)
 
