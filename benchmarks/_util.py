@@ -145,3 +145,18 @@ def part_feats(seed: int = 0, c: int = 768, h: int = 32, w: int = 32, noise: flo
         + noise * torch.randn(h, w, c, generator=g)
     )
     return f.float()
+
+
+def vit_b8_shaped(depth: int = 2, device: str = "cpu"):
+    """A random-weight ViT with DINO ViT-B/8's patch (8), width and key size (C = 768) and
+    ``depth`` blocks, as the ``dino_vitb8`` extractor (seeded: the same weights every time).
+    Its features have the shape and cost per token of DINO's last-block keys; fewer blocks
+    only make the forward, which the benchmarks exclude, cheaper on a CPU."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from unsam.features import ViTKeyFeatures
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = VisionTransformer(patch_size=8, embed_dim=768, depth=depth, num_heads=12, num_classes=0, dynamic_img_size=True)
+    return ViTKeyFeatures(model, "dino_vitb8").to(device).eval()

@@ -1,6 +1,11 @@
 """Kernel benchmarks: the published way beside ours, same process, ratios reported.
 
 Run: ``pytest benchmarks/ --benchmark -s`` (results also go to benchmarks/results/<card>.json).
+"Published" is a port of the published code's own loop (``unsam.published``):
+CutLER's ``maskcut_forward`` (a dense float32 affinity from the zeroed features and
+a dense generalized eigensolver per cut) and UnSAM's ``iterative_merge`` (its merge
+loop as written). This project's slow oracles (``*_reference``) are test oracles
+and appear here only as "reference".
 """
 
 from __future__ import annotations
@@ -85,58 +90,73 @@ def test_fiedler_n3600_vs_dense_and_eigsh():
 
 
 def _published_three_cuts(f: torch.Tensor) -> list[np.ndarray]:
-    """MaskCut's way: dense affinity from zeroed features, a dense solve per cut."""
-    fn = torch.nn.functional.normalize(f, dim=-1).numpy().astype(np.float32)
-    masks = []
-    for _ in range(3):
-        a = fn @ fn.T
-        a = np.where(a > TAU, 1.0, EPS)
-        x = dense_generalized_fiedler(a)
-        fg = x > x.mean()
-        masks.append(fg)
-        fn = fn * ~fg[:, None]
-    return masks
+    """MaskCut's way (``unsam.published.maskcut_forward``): per cut, the features of covered
+    patches zeroed, a dense float32 affinity and a dense generalized solve."""
+    from unsam.published import maskcut_forward
+
+    return maskcut_forward(f.T.contiguous(), (60, 60), TAU, 3, EPS)
 
 
 def _our_three_cuts(f: torch.Tensor) -> list[np.ndarray]:
-    valid = torch.ones(f.shape[0], dtype=torch.bool)
-    masks, x = [], None
-    for _ in range(3):
-        bits, deg = affinity(f, TAU, EPS, valid=valid)
-        x, _, _ = lanczos_fiedler(bits, deg, EPS, x0=x)
-        fg = (x > x.mean()).numpy()
-        masks.append(fg)
-        valid = valid & ~torch.from_numpy(fg)
-    return masks
+    """The maskcut preset's divide (``divide_batch``, rule "published"): one bit graph, each
+    next cut the first graph with the covered rows and columns cleared, warm-started Lanczos."""
+    from unsam.divide import DivideConfig, divide_batch
+
+    cfg = DivideConfig(tau=TAU, eps=EPS, max_cuts=3, rule="published", background_regions=False, recursive_depth=0)
+    return [r.mask for r in divide_batch(f.reshape(1, 60, 60, -1), cfg)[0]]
 
 
 def test_three_maskcut_cuts_with_affinity():
     f = image_patch_feats(480, 8, index=1)
     t_pub = bench(lambda: _published_three_cuts(f), repeat=1, warmup=0)
     t_ours = bench(lambda: _our_three_cuts(f), repeat=5, warmup=1)
-    pub, ours = _published_three_cuts(f), _our_three_cuts(f)
-    agree = [max((p == o).mean(), (p != o).mean()) for p, o in zip(pub, ours)]
-    row = dict(N=3600, published_s=t_pub, ours_s=t_ours, speedup=t_pub / t_ours, cut_agreement=min(agree))
+    pub = [m for m in _published_three_cuts(f) if m.any()]
+    ours = _our_three_cuts(f)
+    same = len(pub) == len(ours) and all(np.array_equal(p, o) for p, o in zip(pub, ours))
+    row = dict(N=3600, published_s=t_pub, ours_s=t_ours, speedup=t_pub / t_ours, masks=len(ours), same_masks=same)
     record("three_cuts_n3600", [row])
     assert row["speedup"] >= 20, row
-    assert row["cut_agreement"] > 0.99, row
+    assert same, row
 
 
-def test_merge_32x32_vs_python_reference():
+def test_merge_32x32_vs_published_loop():
+    """merge_levels against UnSAM's merge loop as written, on 32 x 32 x 768 regions whose
+    clusters merge across all thresholds (nested parts: the hard case) and on the easy
+    case where everything merges at the first threshold. Target (issue 10): >= 100x on
+    the hard inputs, same process, 2 cores (an image's regions are merged in one batched
+    call, as the conquer stage does)."""
+    from benchmarks._util import part_feats
+    from unsam.published import iterative_merge
+
+    thr = (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
     g = torch.Generator().manual_seed(0)
-    k, c = 6, 768
-    centers = torch.randn(k, c, generator=g)
-    lab = torch.randint(0, k, (9, 9), generator=g).repeat_interleave(4, 0).repeat_interleave(4, 1)[:32, :32]
-    f = centers[lab] + 0.8 * torch.randn(32, 32, c, generator=g)
-    t_ref = bench(lambda: merge_levels_reference(f), repeat=1, warmup=0)
-    t_one = bench(lambda: merge_levels(f), repeat=9, warmup=1)
-    assert torch.equal(merge_levels(f), merge_levels_reference(f))
-    batch = f[None].repeat(64, 1, 1, 1) + 0.05 * torch.randn(64, 32, 32, c, generator=g)
-    t_batch = bench(lambda: merge_levels(batch), repeat=3, warmup=1)
-    row = dict(H=32, W=32, C=c, reference_s=t_ref, ours_s=t_one, speedup=t_ref / t_one,
-               regions_per_s_batched=64 / t_batch, threads=torch.get_num_threads())
-    record("merge_32x32", [row])
-    assert row["speedup"] >= 100, row
+    centers = torch.randn(6, 768, generator=g)
+    lab = torch.randint(0, 6, (9, 9), generator=g).repeat_interleave(4, 0).repeat_interleave(4, 1)[:32, :32]
+    easy = centers[lab] + 0.8 * torch.randn(32, 32, 768, generator=g)
+    hard = torch.stack([part_feats(seed=s) for s in range(8)])
+    rows = []
+    for name, batch in (("nested parts (hard)", hard), ("one threshold (easy)", easy[None])):
+        levels = [len(torch.unique(x)) for x in merge_levels(batch[0], thr)]
+        t_pub = statistics_median([bench(lambda f=f: iterative_merge(f, thr), repeat=1, warmup=0) for f in batch[:3]])
+        t_one = bench(lambda: merge_levels(batch[0], thr), repeat=9, warmup=1)
+        t_batch = bench(lambda: merge_levels(batch, thr), repeat=5, warmup=1) / len(batch)
+        rows.append(dict(
+            input=name, clusters_per_level=str(levels), published_s=t_pub, ours_one_region_s=t_one,
+            ours_batched_s_per_region=t_batch, batch=len(batch), threads=torch.get_num_threads(),
+            speedup_one=t_pub / t_one, speedup_batched=t_pub / t_batch,
+        ))
+    # The project's Python oracle (a full edge scan per merge), for the record only.
+    rows[0]["reference_s"] = bench(lambda: merge_levels_reference(hard[0], thr), repeat=1, warmup=0)
+    assert torch.equal(merge_levels(hard[0], thr), merge_levels_reference(hard[0], thr))
+    record("merge_32x32", rows)
+    assert len(set(eval(rows[0]["clusters_per_level"]))) >= 4, rows[0]  # the hard input merges at many levels
+    assert rows[0]["speedup_batched"] >= 100, rows[0]
+
+
+def statistics_median(v):
+    import statistics
+
+    return statistics.median(v)
 
 
 def _bsds_image(index: int = 0) -> np.ndarray:

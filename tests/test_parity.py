@@ -32,17 +32,6 @@ from unsam.io import load_image
 from unsam.pipeline import Labeler, label_config
 
 
-def _vitb8_shaped():
-    from timm.models.vision_transformer import VisionTransformer
-
-    from unsam.features import ViTKeyFeatures
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = VisionTransformer(patch_size=8, embed_dim=768, depth=2, num_heads=12, num_classes=0, dynamic_img_size=True)
-    return ViTKeyFeatures(model, "dino_vitb8").eval()
-
-
 @pytest.fixture(scope="module")
 def bsds(data_dir):
     files = sorted((data_dir / "bsds500" / "images" / "val").glob("*.jpg"))
@@ -56,7 +45,9 @@ def features(request):
     if request.param == "classic":
         return "classic", None
     pytest.importorskip("timm")
-    return "dino_vitb8", _vitb8_shaped()
+    from benchmarks._util import vit_b8_shaped
+
+    return "dino_vitb8", vit_b8_shaped()
 
 
 def _labeler(preset: str, features) -> Labeler:
