@@ -276,6 +276,22 @@ def test_partition_ladder_by_hand():
     assert levels.max() == 1 and sorted(nodes[levels == 0].tolist()) == [2, 3, 4]
 
 
+def test_similarity_cuts_and_a_ladder_by_merge_strength():
+    from unsam.atoms import partition_ladder, similarity_cuts
+
+    # Greedy merge similarities need not descend; a threshold stops the sequence at the
+    # first merge below it. Ascending thresholds: coarse to fine, the whole first.
+    assert similarity_cuts(np.array([0.9, 0.8, 0.95]), [0.5, 0.85, 0.99]) == [3, 3, 1, 0]
+    merges = np.array([[0, 1], [2, 3], [4, 5]])
+    nodes, levels, parents = partition_ladder(4, merges, cuts=[3, 3, 1, 0])
+    # Level 1 repeats level 0's cut: it adds no region, and the levels keep their numbers.
+    # Level 2: one merge applied ({0, 1}, 2, 3); level 3: no merge (the leaves 0 and 1 appear).
+    assert levels.tolist() == [0, 2, 2, 2, 3, 3] and nodes.tolist() == [6, 2, 3, 4, 0, 1]
+    assert [nodes[p] if p >= 0 else -1 for p in parents] == [-1, 6, 6, 6, 4, 4]
+    with pytest.raises(ValueError, match="non-increasing"):
+        partition_ladder(4, merges, cuts=[1, 2])
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 40), seed=st.integers(0, 10_000), ratio=st.floats(1.1, 2.5))
 def test_partition_ladder_cuts_are_nested_partitions(n, seed, ratio):

@@ -3,8 +3,10 @@
 1. A parent holds at least ``masks.contain`` (0.9) of its child; partition-ladder masks
    nest exactly, and so do the clusters of one divide region in the merge tree.
 2. ``level`` is the parent's level + 1 (0 for a root), except on the partition ladder,
-   whose level is the rung; a ladder level is a complete partition of the image, and
-   the ladder's partitions refine each other level by level.
+   whose level is the rung, and for the other masks of a run with a ladder whose
+   parent is on the ladder (or none): they start one level below its finest rung. A
+   ladder level is a complete partition of the image, and the ladder's partitions
+   refine each other level by level.
 3. ``--max-masks N`` keeps at most N masks, best scores first, without breaking 1-2.
 4. The ``config.yaml`` a run writes, given back with ``--config``, reproduces the labels.
 """
@@ -56,11 +58,16 @@ def test_parents_hold_their_children_and_levels_follow_parents(labels, case):
         assert anns, case
         masks = _masks(anns)
         by_id = {a["id"]: a for a in anns}
+        ladder = [a["level"] for a in anns if a["source"] == "partition"]
+        below = {a["level"] for a in anns if a["source"] != "partition"
+                 and (a["parent_id"] is None or by_id[a["parent_id"]]["source"] == "partition")}
+        if ladder:  # one level just below the ladder for the masks hanging from it
+            assert len(below) <= 1 and all(b > max(ladder) for b in below), (below, max(ladder))
+        else:
+            assert below <= {0}
         for a in anns:
             p = a["parent_id"]
             if p is None:
-                if a["source"] != "partition":
-                    assert a["level"] == 0, a
                 continue
             child, parent = masks[a["id"]], masks[p]
             inside = np.count_nonzero(child & parent) / np.count_nonzero(child)
@@ -68,7 +75,7 @@ def test_parents_hold_their_children_and_levels_follow_parents(labels, case):
             tree = preset == "unsam" and a["source"] == "conquer" and by_id[p]["source"] == "conquer"
             if a["source"] == "partition" or tree:  # the ladder and a region's merge tree nest exactly
                 assert inside == 1.0, (case, a["id"], a["source"], inside)
-            if a["source"] != "partition":
+            if a["source"] != "partition" and by_id[p]["source"] != "partition":
                 assert a["level"] == by_id[p]["level"] + 1, a
         if preset == "maskcut":
             assert all(a["level"] == 0 and a["parent_id"] is None for a in anns) and len(anns) <= 3
@@ -80,7 +87,7 @@ def _check_ladder(anns: list[dict], h: int, w: int) -> int:
     """Each ladder level a complete partition, each level refining the previous; returns the level count."""
     ladder = [a for a in anns if a["source"] == "partition"]
     levels = sorted({a["level"] for a in ladder})
-    assert levels == list(range(len(levels)))
+    assert levels[0] == 0  # (a level may add no region: the cut of the level before holds)
     # Painting the ladder's levels <= l (the evaluation rule): complete partitions, no
     # uncovered pixel (an uncovered area would be a segment of its own, label > masks).
     parts = level_partitions(ladder, h, w)
@@ -89,11 +96,11 @@ def _check_ladder(anns: list[dict], h: int, w: int) -> int:
         pairs = np.unique(fine.ravel() * (int(coarse.max()) + 1) + coarse.ravel())
         assert len(np.unique(pairs // (int(coarse.max()) + 1))) == len(pairs)
     counts = [int(p.max()) for p in parts]
-    assert counts[0] == 1 and counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert counts[0] == 1 and counts == sorted(counts) and counts[-1] > counts[0]
     assert all(c == sum(a["level"] <= lv for a in ladder) - sum(
         a["level"] <= lv and any(b["parent_id"] == a["id"] and b["level"] <= lv for b in ladder) for a in ladder
     ) for lv, c in enumerate(counts))  # segments = the level's leaves: no uncovered gaps
-    return len(levels)
+    return len(set(counts))
 
 
 def test_ladder_levels_are_nested_complete_partitions(labels, images):

@@ -63,9 +63,15 @@ def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
             assert a["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
             assert a["source"] in ("divide", "conquer", "atoms", "partition") and 0.0 <= a["score"] <= 1.0
             masks[a["id"]] = m
+        # The other masks hang below the ladder's finest level: those whose parent is a
+        # ladder region (or none) share one level, deeper than every ladder level.
+        ladder_max = max(a["level"] for a in anns if a["source"] == "partition")
+        below = {a["level"] for a in anns if a["source"] != "partition"
+                 and (a["parent_id"] is None or by_id[a["parent_id"]]["source"] == "partition")}
+        assert len(below) == 1 and below.pop() > ladder_max
         for a in anns:
             if a["parent_id"] is None:
-                assert a["level"] == 0
+                assert a["level"] == 0 or a["source"] != "partition"
                 continue
             parent = by_id[a["parent_id"]]
             if a["source"] == "partition":
@@ -73,7 +79,7 @@ def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
                 # it at the previous cut, which may have appeared several levels up.
                 assert parent["source"] == "partition" and parent["level"] < a["level"]
                 assert not (masks[a["id"]] & ~masks[a["parent_id"]]).any()
-            else:
+            elif parent["source"] != "partition":
                 assert parent["level"] == a["level"] - 1
             assert parent["area"] > a["area"]
             # The parent holds at least `contain` (0.9) of the child.
@@ -263,8 +269,9 @@ def test_clip_to_parent_gives_an_exactly_nested_hierarchy():
 
 
 def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
-    """Default levels: level l of the BSDS-style partition rule is the ladder's cut l wherever
-    no finer off-ladder mask is deeper; levels = "depth" gives containment depth again."""
+    """Default levels: level l of the BSDS-style partition rule is the ladder's cut l (the
+    other masks lie below its finest level); levels = "depth" gives containment depth again;
+    partition_rule = "count" cuts at region counts 1, 2, 3, 4, 5, ..."""
     from unsam.evaluate import level_partitions
 
     img = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB"))
@@ -272,15 +279,18 @@ def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
     anns = Labeler(config_from_dict(base, LabelConfig(backbone="classic"))).label_batch([img])[0]
     part = [a for a in anns if a["source"] == "partition"]
     levels = sorted({a["level"] for a in part})
-    assert levels == list(range(len(levels))) and len(levels) >= 10
+    assert levels[0] == 0 and len(levels) >= 10 and levels[-1] <= 34  # 34 thresholds after the whole image
     h, w = img.shape[:2]
-    # Painted alone, the ladder's regions give complete partitions with region counts
-    # growing level by level (ratio 1.25: 1, 2, 3, 4, 5, ...).
+    # Painted alone, the ladder's regions give complete partitions, finer level by level.
     counts = [int(p.max()) for p in level_partitions(part, h, w)]
-    assert counts[:5] == [1, 2, 3, 4, 5] and counts == sorted(counts)
-    # With every mask, the partitions still start from the whole image and get finer.
+    assert counts[0] == 1 and counts == sorted(counts) and counts[-1] > 50
+    # With every mask, the ladder's levels are exactly its partitions (the other masks
+    # start below the finest level), then the partitions get finer still.
     full = [int(p.max()) for p in level_partitions(anns, h, w)]
-    assert full[0] == 1 and full[-1] > 50
+    assert full[: len(counts)] == counts and full[-1] >= counts[-1]
+    by_count = Labeler(config_from_dict({**base, "atoms": {"partition_rule": "count"}}, LabelConfig(backbone="classic")))
+    c = [a for a in by_count.label_batch([img])[0] if a["source"] == "partition"]
+    assert [int(p.max()) for p in level_partitions(c, h, w)][:5] == [1, 2, 3, 4, 5]
     deep = Labeler(config_from_dict({**base, "masks": {"levels": "depth"}}, LabelConfig(backbone="classic")))
     d = deep.label_batch([img])[0]
     by_id = {a["id"]: a for a in d}

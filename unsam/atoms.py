@@ -25,13 +25,16 @@ units of the ceiling (the sum of the weights) and clipped to [0, 1]. The mask
 stage then multiplies by sqrt(area fraction) like every other mask.
 
 Partition levels: the dendrogram of one scale (``partition_scale``, k = 200)
-is also cut at region counts 1, 2, 3, 4, 5, ... (``round(ratio^j)``, ratio
-1.25, up to ``partition_max_regions``); every region of every cut is a mask
-(source "partition") whose level is its cut. Each cut is a complete
-partition and the cuts nest exactly, so the hierarchy's levels are
-segmentations of the whole image at a granularity that means the same on
-every image (level l: about 1.25^l regions), as in FH-style or UCM-style
-hierarchies, while the other nodes keep the recall.
+is also cut into a ladder of partitions; every region of every cut is a mask
+(source "partition") whose level is its cut. Level 0 is the whole dendrogram
+(the image); level l >= 1 stops the greedy merge sequence at its first merge
+whose similarity is below a threshold that rises with l (``partition_rule``
+"similarity": ``partition_steps`` thresholds from ``partition_bottom`` to
+``partition_top`` of the similarity ceiling), like the thresholds of a UCM:
+the same level means the same merge strength on every image, however many
+regions that gives. (``partition_rule`` "count" cuts at region counts 1, 2,
+3, 4, 5, ... instead.) Each cut is a complete partition and the cuts nest
+exactly; the other dendrogram nodes keep the recall.
 
 Tuned with ``classic`` on the first 20 COCO-mini images (AR@1000): 3 scales
 (50, 100, 200) 0.245 -> 4 scales (100 ... 800) 0.261; atoms born at the
@@ -60,8 +63,10 @@ __all__ = [
     "dendrogram_nodes",
     "lab_bins",
     "nest_partitions",
+    "check_atom_config",
     "partition_counts",
     "partition_ladder",
+    "similarity_cuts",
     "snap_to_atoms",
 ]
 
@@ -85,14 +90,20 @@ class AtomConfig:
     w_fill: float = 0.5  #: weight of the fill term (regions that fill each other's box)
     atom_birth: float | None = None  #: similarity at which atoms are born (None: the ceiling, sum of the weights)
     max_nodes: int = 1000  #: best nodes per scale made into masks (before the mask stage's NMS)
-    # Partition levels: the dendrogram of one atom scale cut at region counts
-    # 1, 2, 3, ... (round(ratio^j), up to max_regions) gives a ladder of complete,
+    # Partition levels: the dendrogram of one atom scale cut into a ladder of complete,
     # exactly nested partitions; its regions are masks whose ``level`` is the rung.
-    # 50 BSDS500 train images, these partitions alone: covering ODS 0.556 (k = 200)
-    # against 0.532 for containment-depth levels and 0.514 for FH.
+    # Chosen on BSDS500 train (the tuning split) with the benchmark's level rule, the
+    # ladder alone, k = 200: covering ODS / PRI ODS on images 0-39: region counts
+    # 1.25^l 0.566 / 0.757, similarity thresholds 0.4 ... 0.95 of the ceiling in 23
+    # steps 0.568 / 0.765; on images 40-119: counts 0.572 / 0.812, thresholds in 23
+    # steps 0.576 / 0.825, in 34 steps 0.580 / 0.825 (FH: 0.530 / 0.754, 0.523 / 0.808).
     partition_scale: float | None = 200.0  #: atom scale of the partition levels (the nearest of ``scales``); None: off
-    partition_ratio: float = 1.25  #: region count grows about this much per level
-    partition_max_regions: int = 256  #: finest partition level has at most this many regions
+    partition_rule: str = "similarity"  #: "similarity" (thresholds) or "count" (region counts)
+    partition_bottom: float = 0.4  #: "similarity": threshold of level 1, a fraction of the similarity ceiling
+    partition_top: float = 0.95  #: "similarity": threshold of the finest level, a fraction of the ceiling
+    partition_steps: int = 34  #: "similarity": levels after the whole image
+    partition_ratio: float = 1.25  #: "count": region count grows about this much per level
+    partition_max_regions: int = 256  #: "count": finest partition level has at most this many regions
 
 
 # Lab ranges of the histogram bins (values outside are clamped into the end bins).
@@ -190,6 +201,24 @@ def nest_partitions(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def check_atom_config(cfg: AtomConfig) -> None:
+    """Raise ValueError for ladder settings the stage cannot run with (checked once per run)."""
+    if cfg.partition_scale is None:
+        return
+    if cfg.partition_rule == "count":
+        partition_counts(cfg.partition_ratio, cfg.partition_max_regions)  # raises on bad values
+    elif cfg.partition_rule == "similarity":
+        if not 0.0 <= cfg.partition_bottom < cfg.partition_top <= 1.0:
+            raise ValueError(
+                f"atoms.partition_bottom and partition_top should satisfy 0 <= bottom < top <= 1, got "
+                f"{cfg.partition_bottom} and {cfg.partition_top}"
+            )
+        if cfg.partition_steps < 1:
+            raise ValueError(f"atoms.partition_steps should be >= 1, got {cfg.partition_steps}")
+    else:
+        raise ValueError(f"atoms.partition_rule should be 'similarity' or 'count', got {cfg.partition_rule!r}")
+
+
 def partition_counts(ratio: float, max_regions: int) -> list[int]:
     """Region counts of the partition levels, coarse to fine: the distinct round(ratio^j) <= max_regions."""
     if not ratio > 1.0:
@@ -206,16 +235,31 @@ def partition_counts(ratio: float, max_regions: int) -> list[int]:
         j += 1
 
 
-def partition_ladder(n: int, merges: np.ndarray, counts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut a dendrogram at the region counts ``counts`` (ascending: coarse to fine).
+def similarity_cuts(sims: np.ndarray, thresholds: Sequence[float]) -> list[int]:
+    """Cuts of a greedy merge sequence (similarities ``sims`` in merge order) at ascending
+    thresholds: all the merges first (the whole dendrogram), then for each threshold the
+    merges before the first one below it. Non-increasing: coarse to fine, one per level."""
+    m = len(sims)
+    out = [m]
+    for t in thresholds:
+        below = np.flatnonzero(np.asarray(sims) < t)
+        out.append(min(out[-1], int(below[0]) if below.size else m))
+    return out
 
-    The dendrogram has n leaves; merge i (row i of merges [M, 2]) makes node n + i.
-    The cut at count c is the forest after n - c merges (counts below what the
-    merges can reach, or above n, are clamped; levels that repeat a cut are
-    dropped). Returns (nodes, levels, parents): every node that is a region of
-    some cut, once, at the coarsest cut holding it (``levels`` numbers the kept
-    cuts from 0), and the index into ``nodes`` of the region holding it at the
-    previous cut (-1 at level 0). Each cut is a partition; they nest exactly.
+
+def partition_ladder(
+    n: int, merges: np.ndarray, counts: list[int] | None = None, cuts: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut a dendrogram into nested partitions: at the region counts ``counts`` (ascending:
+    coarse to fine; counts below what the merges can reach, or above n, are clamped and
+    levels that repeat a cut are dropped), or after the numbers of merges ``cuts``
+    (non-increasing, one per level; a level may repeat the previous cut).
+
+    The dendrogram has n leaves; merge i (row i of merges [M, 2]) makes node n + i; the
+    cut at count c is the forest after n - c merges. Returns (nodes, levels, parents):
+    every node that is a region of some cut, once, at the coarsest cut holding it, and
+    the index into ``nodes`` of the region holding it at the previous cut (-1 at level
+    0). Each cut is a partition; they nest exactly.
     """
     m = len(merges)
     total = n + m
@@ -229,11 +273,14 @@ def partition_ladder(n: int, merges: np.ndarray, counts: list[int]) -> tuple[np.
         absorbed[merges[:, 1]] = np.arange(1, m + 1)
         up[merges[:, 0]] = np.arange(n, total)
         up[merges[:, 1]] = np.arange(n, total)
-    cuts = []
-    for c in counts:
-        i = int(np.clip(n - c, 0, m))
-        if not cuts or i != cuts[-1]:
-            cuts.append(i)
+    if cuts is None:
+        cuts = []
+        for c in counts or []:
+            i = int(np.clip(n - c, 0, m))
+            if not cuts or i != cuts[-1]:
+                cuts.append(i)
+    elif any(b > a for a, b in zip(cuts, cuts[1:])) or any(not 0 <= i <= m for i in cuts):
+        raise ValueError(f"partition_ladder: cuts should be non-increasing merge counts in [0, {m}], got {cuts}")
     nodes, levels, parents = [], [], []
     index: dict[int, int] = {}
     for lv, i in enumerate(cuts):
@@ -366,7 +413,13 @@ def atom_masks(
         chosen = chosen[np.isfinite(rank[chosen])]
         spine: dict[int, tuple[int, int]] = {}  # node -> (partition level, parent node)
         if ladder_scale is not None and float(k) == float(ladder_scale):
-            nodes, lv, par = partition_ladder(n, merges, partition_counts(cfg.partition_ratio, cfg.partition_max_regions))
+            if cfg.partition_rule == "count":
+                nodes, lv, par = partition_ladder(n, merges, partition_counts(cfg.partition_ratio, cfg.partition_max_regions))
+                ladder_levels = int(lv.max()) + 1 if len(lv) else 1
+            else:
+                th = ceiling * np.linspace(cfg.partition_bottom, cfg.partition_top, cfg.partition_steps)
+                nodes, lv, par = partition_ladder(n, merges, cuts=similarity_cuts(sims, th))
+                ladder_levels = cfg.partition_steps + 1
             spine = {int(x): (int(l), int(nodes[p]) if p >= 0 else -1) for x, l, p in zip(nodes, lv, par)}
             chosen = np.concatenate([nodes, chosen[~np.isin(chosen, nodes)]])
         # A node's atoms are the positions lo..hi-1 of the dendrogram's leaf order:
@@ -384,7 +437,7 @@ def atom_masks(
             source = "atoms"
             if node in spine:
                 # The partition levels, for the mask stage (see MaskConfig.levels).
-                meta.update(partition_level=spine[node][0], key=("partition", node))
+                meta.update(partition_level=spine[node][0], partition_levels=ladder_levels, key=("partition", node))
                 if spine[node][1] >= 0:
                     meta["up"] = ("partition", spine[node][1])
                 source = "partition"

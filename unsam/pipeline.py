@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unsam.atoms import AtomConfig, atom_masks, partition_counts
+from unsam.atoms import AtomConfig, atom_masks, check_atom_config
 from unsam.conquer import ConquerConfig, conquer_batch
 from unsam.divide import DivideConfig, check_divide_config, divide_images
 from unsam.masks import MaskConfig, MaskItem, check_mask_config, mask_stage, working_size
@@ -175,8 +175,7 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
         raise ValueError(f"config: preset should be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
     check_divide_config(cfg.divide)
     check_mask_config(cfg.masks)
-    if cfg.atoms.partition_scale is not None:
-        partition_counts(cfg.atoms.partition_ratio, cfg.atoms.partition_max_regions)  # raises on bad values
+    check_atom_config(cfg.atoms)
     return cfg
 
 
