@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
+#: Use the compiled ops (``unsam.kernels.maskops``) for overlaps, NMS, parents and RLE.
+#: False runs the Python implementations (the ``*_reference`` functions), which give
+#: the same output; the benchmark's baseline and the tests' oracle.
+COMPILED = True
+
 
 @dataclass
 class MaskItem:
@@ -39,7 +44,12 @@ class MaskItem:
 
     @property
     def area(self) -> int:
-        return int(np.count_nonzero(self.crop))
+        # Cached per crop object: the stage asks often, and every change replaces the crop.
+        cache = self.__dict__.get("_area")
+        if cache is None or cache[0] is not self.crop:
+            cache = (self.crop, int(np.count_nonzero(self.crop)))
+            self.__dict__["_area"] = cache
+        return cache[1]
 
     def tighten(self) -> MaskItem | None:
         """Shrink the box to the mask (None when empty)."""
@@ -208,9 +218,32 @@ class Overlaps:
     def __init__(self, items: list[MaskItem], height: int, width: int):
         self.items = items
         self.height, self.width = height, width
-        self._build_cells()
-        self.cells = [self._cells_of(m) for m in items]
-        self.inter = self._product(list(range(len(items))))
+        self.cells: list[np.ndarray] | None = None  # built on demand (update)
+        self.sparse = None  # the compiled op's CSR matrix (the dense one is made on demand)
+        self._inter: np.ndarray | None = None
+        if COMPILED:
+            from unsam.kernels.maskops import mask_overlaps
+
+            self.sparse = mask_overlaps([m.box for m in items], [m.crop for m in items], height, width)
+        else:
+            self._ensure_cells()
+            self._inter = self._product(list(range(len(items))))
+
+    @property
+    def inter(self) -> np.ndarray:
+        """|a ∩ b| for every pair: int64 [K, K]."""
+        if self._inter is None:
+            self._inter = self.sparse.toarray()
+        return self._inter
+
+    def matrix(self):
+        """The intersections, sparse when the compiled op made them (for NMS on many masks)."""
+        return self.sparse if self.sparse is not None else self.inter
+
+    def _ensure_cells(self) -> None:
+        if self.cells is None:
+            self._build_cells()
+            self.cells = [self._cells_of(m) for m in self.items]
 
     def _build_cells(self) -> None:
         keys = np.random.default_rng(0x5EED).integers(0, np.iinfo(np.uint64).max, size=len(self.items), dtype=np.uint64, endpoint=True)
@@ -260,26 +293,37 @@ class Overlaps:
         """Masks ``rows`` changed (e.g. clipped): recompute their rows and columns."""
         if not rows:
             return
+        self._ensure_cells()
         for i in rows:
             self.cells[i] = self._cells_of(self.items[i])
         if any(int(self.cell_area[self.cells[i]].sum()) != self.items[i].area for i in rows):
             # Not a union of the current cells (changed by something other than clipping).
             self._build_cells()
             self.cells = [self._cells_of(m) for m in self.items]
-            self.inter = self._product(list(range(len(self.items))))
+            self._inter, self.sparse = self._product(list(range(len(self.items)))), None
             return
         sub = self._product(rows)
-        self.inter[rows, :] = sub
-        self.inter[:, rows] = sub.T
+        inter = self.inter
+        inter[rows, :] = sub
+        inter[:, rows] = sub.T
+        self.sparse = None  # the dense matrix is the truth from here on
 
     def subset(self, keep: list[int]) -> Overlaps:
         """The overlaps of items[keep] (no recomputation)."""
         new = object.__new__(Overlaps)
         new.items = [self.items[i] for i in keep]
         new.height, new.width = self.height, self.width
-        new.cell_area, new.rep_cell, new.rep_y, new.rep_x = self.cell_area, self.rep_cell, self.rep_y, self.rep_x
-        new.cells = [self.cells[i] for i in keep]
-        new.inter = self.inter[np.ix_(keep, keep)] if keep else np.zeros((0, 0), np.int64)
+        new.sparse = None
+        if self._inter is None and self.sparse is not None:
+            idx = np.asarray(keep, np.int64)
+            new._inter = self.sparse[idx][:, idx].toarray() if keep else np.zeros((0, 0), np.int64)
+        else:
+            new._inter = self.inter[np.ix_(keep, keep)] if keep else np.zeros((0, 0), np.int64)
+        if self.cells is None:
+            new.cells = None
+        else:
+            new.cell_area, new.rep_cell, new.rep_y, new.rep_x = self.cell_area, self.rep_cell, self.rep_y, self.rep_x
+            new.cells = [self.cells[i] for i in keep]
         return new
 
 
@@ -291,6 +335,19 @@ def pairwise_intersections(items: list[MaskItem], height: int, width: int) -> np
 
 
 def nms_from_intersections(
+    inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9, protected: np.ndarray | None = None
+) -> list[int]:
+    """Greedy NMS on a precomputed intersection matrix (see :func:`nms_from_intersections_reference`)."""
+    if COMPILED and inter.shape[0]:
+        from unsam.kernels.maskops import mask_nms
+
+        return mask_nms(inter, np.asarray(scores, np.float64), iou_threshold, protected)
+    if not isinstance(inter, np.ndarray):
+        inter = inter.toarray()
+    return nms_from_intersections_reference(inter, scores, iou_threshold, protected)
+
+
+def nms_from_intersections_reference(
     inter: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.9, protected: np.ndarray | None = None
 ) -> list[int]:
     """Greedy NMS on a precomputed intersection matrix; order: score, area, index.
@@ -324,6 +381,15 @@ def nms_from_intersections(
 
 
 def parents_from_intersections(inter: np.ndarray, contain: float = 0.9) -> list[int]:
+    """Parent = the smallest strictly larger mask holding >= contain of the mask (-1: none)."""
+    if COMPILED and inter.shape[0]:
+        from unsam.kernels.maskops import mask_parents
+
+        return mask_parents(inter, contain)
+    return parents_from_intersections_reference(inter, contain)
+
+
+def parents_from_intersections_reference(inter: np.ndarray, contain: float = 0.9) -> list[int]:
     """Parent = the smallest strictly larger mask holding >= contain of the mask (-1: none)."""
     k = inter.shape[0]
     if k == 0:
@@ -411,20 +477,32 @@ def to_annotations(
     ``work_hw``: the resolution the crops are at, when it is not (height, width).
     """
     ids = [start_id + i for i in range(len(items))]
+    work = (height, width) if work_hw is None else tuple(work_hw)
+    if COMPILED and items and work[0] <= height and work[1] <= width:
+        from unsam.kernels.maskops import mask_rle
+
+        strings, areas, bboxes = mask_rle([m.box for m in items], [m.crop for m in items], work, height, width)
+        rles = [{"size": [height, width], "counts": c} for c in strings]
+        areas, bboxes = areas.tolist(), bboxes.tolist()
+    else:
+        rles, areas, bboxes = [], [], []
+        for m in items:
+            crop, box = m.crop, m.box
+            if work != (height, width):
+                crop, box = upscale_crop(crop, box, width / work[1], height / work[0], height, width)
+            rle = crop_to_rle(crop, box, height, width)
+            enc = dict(rle, counts=rle["counts"].encode("ascii"))
+            rles.append(rle)
+            areas.append(int(mask_utils.area(enc)))
+            bboxes.append([float(v) for v in mask_utils.toBbox(enc)])
     out = []
     for i, m in enumerate(items):
-        crop, box = m.crop, m.box
-        if work_hw is not None and tuple(work_hw) != (height, width):
-            crop, box = upscale_crop(crop, box, width / work_hw[1], height / work_hw[0], height, width)
-        rle = crop_to_rle(crop, box, height, width)
-        enc = dict(rle, counts=rle["counts"].encode("ascii"))
-        bbox = [float(v) for v in mask_utils.toBbox(enc)]
         out.append(
             {
                 "id": ids[i],
-                "area": int(mask_utils.area(enc)),
-                "bbox": bbox,
-                "segmentation": rle,
+                "area": int(areas[i]),
+                "bbox": [float(v) for v in bboxes[i]],
+                "segmentation": rles[i],
                 "level": int(levels[i]),
                 "parent_id": ids[parents[i]] if parents[i] >= 0 else None,
                 "score": round(float(m.score), 6),
@@ -519,11 +597,12 @@ def mask_stage(
     # is its nearest kept ancestor.
     up_of = {m.meta["key"]: m.meta.get("up") for m in items if "key" in m.meta}
     min_area = max(cfg.min_area, cfg.min_area_frac * full_h * full_w) * (h * w) / (full_h * full_w)
-    items = [m for m in items if m.area >= min_area]
+    areas = [m.area for m in items]
+    items = [m for m, a in zip(items, areas) if a >= min_area]
     # Final score = stability x sqrt(area fraction): on BSDS500 train this ranking
     # doubled AR@100 over stability alone (large stable segments first).
-    for m in items:
-        m.score = float(m.score * np.sqrt(m.area / (h * w)))
+    for m, a in zip(items, (a for a in areas if a >= min_area)):
+        m.score = float(m.score * np.sqrt(a / (h * w)))
     if not items:
         add("masks", time.perf_counter() - t0)
         return []
@@ -545,8 +624,8 @@ def mask_stage(
     ov = Overlaps(items, h, w)
     if cfg.clip_to_parent:
         ov.update(clip_to_parents(items, _parents(items, ov.inter, cfg, up_of)))
-    keep = nms_from_intersections(ov.inter, np.array([m.score for m in items]), cfg.nms_iou, _protected(items, cfg))
-    keep = _best(items, keep, cfg)
+    keep = nms_from_intersections(ov.matrix(), np.array([m.score for m in items]), cfg.nms_iou, _protected(items, cfg))
+    keep = _best(items, keep, cfg, ov.matrix().diagonal())
     changed: list[int] = []
     for attempt in range(4):
         ov = ov.subset(keep)
@@ -576,7 +655,7 @@ def _protected(items: list[MaskItem], cfg: MaskConfig) -> np.ndarray:
     return np.array([cfg.levels == "partition" and _on_ladder(m) for m in items], bool)
 
 
-def _best(items: list[MaskItem], keep: list[int], cfg: MaskConfig) -> list[int]:
+def _best(items: list[MaskItem], keep: list[int], cfg: MaskConfig, area: np.ndarray) -> list[int]:
     """At most ``max_masks`` of the NMS survivors ``keep``, best score first, where a
     partition-ladder mask of level l comes with every ladder mask of levels <= l (the
     levels stay complete partitions); a ladder level that no longer fits is skipped with
@@ -588,7 +667,7 @@ def _best(items: list[MaskItem], keep: list[int], cfg: MaskConfig) -> list[int]:
     for i in keep:
         if ladder[i]:
             by_level.setdefault(int(items[i].meta["partition_level"]), []).append(i)
-    order = sorted(keep, key=lambda i: (-items[i].score, -items[i].area, i))
+    order = sorted(keep, key=lambda i: (-items[i].score, -int(area[i]), i))
     taken: set[int] = set()
     done_level, blocked = -1, False  # ladder levels 0..done_level are in
     for i in order:
@@ -651,7 +730,7 @@ def _prune(
     the NMS threshold); their children go to the nearest kept ancestor; ``protected``
     masks always stay. Returns levels too: a ladder mask's partition level, another
     mask's parent's level + 1 (0 for a root)."""
-    areas = [m.area for m in items]
+    areas = np.diagonal(inter).tolist()  # the masks' areas (exact)
     protected = np.zeros(len(items), bool) if protected is None else protected
 
     def close(i: int) -> bool:
@@ -676,10 +755,13 @@ def _prune(
     # A child of a dropped mask goes to its nearest kept ancestor; where that one holds
     # less than ``contain`` of it, to its smallest kept container instead.
     idx = np.array(sorted(remap), np.int64)
-    sub = inter[np.ix_(idx, idx)] if idx.size else np.zeros((0, 0), np.int64)
-    containers = parents_from_intersections(sub, contain)
+    whole = idx.size == len(items)  # nothing dropped: the kept masks' matrix is inter itself
+    sub = inter if whole else (inter[np.ix_(idx, idx)] if idx.size else np.zeros((0, 0), np.int64))
+    containers = None
     for k, p in enumerate(new_parents):
         if p >= 0 and not protected[idx[k]] and sub[k, p] < contain * sub[k, k]:
+            if containers is None:
+                containers = parents_from_intersections(sub, contain)
             new_parents[k] = containers[k]
     fixed = {remap[i]: int(items[i].meta["partition_level"]) for i in remap if protected[i]}
     # With a partition ladder, the other masks hang below its finest level, so the
