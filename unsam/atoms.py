@@ -36,7 +36,8 @@ regions that gives. (``partition_rule`` "count" cuts at region counts 1, 2,
 3, 4, 5, ... instead.) Each cut is a complete partition and the cuts nest
 exactly; the other dendrogram nodes keep the recall.
 
-Tuned with ``classic`` on the first 20 COCO-mini images (AR@1000): 3 scales
+Tuned with ``classic`` on the first 20 COCO-mini images, all in the tuning half of
+``unsam.splits`` (AR@1000): 3 scales
 (50, 100, 200) 0.245 -> 4 scales (100 ... 800) 0.261; atoms born at the
 ceiling rather than at 1: 0.230 -> 0.244; the fill term: 0.210 -> 0.232 in an
 early prototype.
