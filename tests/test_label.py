@@ -270,8 +270,9 @@ def test_clip_to_parent_gives_an_exactly_nested_hierarchy():
 
 def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
     """Default levels: level l of the BSDS-style partition rule is the ladder's cut l (the
-    other masks lie below its finest level); levels = "depth" gives containment depth again;
-    partition_rule = "count" cuts at region counts 1, 2, 3, 4, 5, ..."""
+    other masks lie below its finest level), cut at region counts 1, 2, 3, 4, 5, ...;
+    levels = "depth" gives containment depth again; partition_rule = "similarity" cuts by
+    merge strength, 34 thresholds after the whole image."""
     from unsam.evaluate import level_partitions
 
     img = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB"))
@@ -279,7 +280,7 @@ def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
     anns = Labeler(config_from_dict(base, LabelConfig(backbone="classic"))).label_batch([img])[0]
     part = [a for a in anns if a["source"] == "partition"]
     levels = sorted({a["level"] for a in part})
-    assert levels[0] == 0 and len(levels) >= 10 and levels[-1] <= 34  # 34 thresholds after the whole image
+    assert levels == list(range(len(levels))) and len(levels) >= 10
     h, w = img.shape[:2]
     # Painted alone, the ladder's regions give complete partitions, finer level by level.
     counts = [int(p.max()) for p in level_partitions(part, h, w)]
@@ -288,9 +289,12 @@ def test_partition_levels_are_the_ladder_and_depth_mode_restores_depth():
     # start below the finest level), then the partitions get finer still.
     full = [int(p.max()) for p in level_partitions(anns, h, w)]
     assert full[: len(counts)] == counts and full[-1] >= counts[-1]
-    by_count = Labeler(config_from_dict({**base, "atoms": {"partition_rule": "count"}}, LabelConfig(backbone="classic")))
-    c = [a for a in by_count.label_batch([img])[0] if a["source"] == "partition"]
-    assert [int(p.max()) for p in level_partitions(c, h, w)][:5] == [1, 2, 3, 4, 5]
+    assert counts[:5] == [1, 2, 3, 4, 5]
+    by_sim = Labeler(config_from_dict({**base, "atoms": {"partition_rule": "similarity"}}, LabelConfig(backbone="classic")))
+    s = [a for a in by_sim.label_batch([img])[0] if a["source"] == "partition"]
+    assert max(a["level"] for a in s) <= 34
+    sc = [int(p.max()) for p in level_partitions(s, h, w)]
+    assert sc[0] == 1 and sc == sorted(sc) and sc[-1] > 50
     deep = Labeler(config_from_dict({**base, "masks": {"levels": "depth"}}, LabelConfig(backbone="classic")))
     d = deep.label_batch([img])[0]
     by_id = {a["id"]: a for a in d}

@@ -539,10 +539,11 @@ class MaskConfig:
     #   container (>= contain), and the masks hanging from the ladder (or from nothing)
     #   start at level L + 1, so levels 0..L are exactly the ladder's partitions under
     #   the evaluation rule. Chosen on BSDS500 train (the tuning split), covering ODS
-    #   under the benchmark's level rule: the ladder alone scores as the whole output
-    #   then (images 120-199: 0.567 against FH 0.546), while other masks one level below
-    #   their container broke the nesting of the painted partitions (16 of 28 pairs of
-    #   consecutive levels on one image) and the score. COCO AR is not affected by levels.
+    #   under the benchmark's level rule, images 120-199: 0.563 against FH 0.546; with
+    #   the other masks one level below their container (the earlier rule) they broke
+    #   the nesting of the painted partitions (16 of 28 pairs of consecutive levels on
+    #   one image) and the score (0.514 against FH 0.511 on val). COCO AR does not
+    #   depend on levels.
     # "depth": parent = smallest container, level = depth in that forest.
     # "tree": parents from the stages' own trees (meta "key" / "up": the divide's
     #   recursion and the merge tree, ALGORITHM.md §3.4), level = depth in that
