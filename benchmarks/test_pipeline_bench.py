@@ -264,7 +264,12 @@ def _mask_stage_inputs(lab: Labeler, images: list[np.ndarray]) -> list[tuple]:
 def test_mask_stage_compiled_vs_python(data):
     """The mask stage (NMS, parents, pruning, RLE: masks + output) with the compiled ops
     against today's Python stage (unsam.masks.COMPILED = False), on the same candidates,
-    same process. Target (issue 12): >= 5x, and the same annotations."""
+    same process. Target (issue 12): >= 5x, and the same annotations.
+
+    Timed as timeit does (the garbage collector collected before and off during each
+    call: its full passes over this process's heap land on whichever call triggers
+    them), the two stages alternating image by image, best of 3 per image."""
+    import gc
     import pickle
 
     from unsam import masks as M
@@ -272,24 +277,29 @@ def test_mask_stage_compiled_vs_python(data):
     images = _images(data, 3 if data.startswith("sa1b") else 10)
     lab = Labeler(label_config({"backbone": "classic"}, preset="full"))
     inputs = _mask_stage_inputs(lab, images)
-    times = {}
-    outs = {}
-    for compiled in (True, False):
+    best = {True: [float("inf")] * len(inputs), False: [float("inf")] * len(inputs)}
+    outs: dict[bool, list] = {True: [None] * len(inputs), False: [None] * len(inputs)}
+    blob, im, hw = inputs[0]
+    for compiled in (True, False):  # warm-up (imports, first allocations)
         M.COMPILED = compiled
-        try:
-            blob, im, hw = inputs[0]
-            M.mask_stage(pickle.loads(blob), im, hw, lab.cfg.masks)  # warm-up (imports, first allocations)
-            t = 0.0
-            res = []
-            for blob, im, hw in inputs:
-                items = pickle.loads(blob)
-                t0 = time.perf_counter()
-                res.append(M.mask_stage(items, im, hw, lab.cfg.masks))
-                t += time.perf_counter() - t0
-        finally:
-            M.COMPILED = True
-        times[compiled] = t / len(inputs)
-        outs[compiled] = res
+        M.mask_stage(pickle.loads(blob), im, hw, lab.cfg.masks)
+    try:
+        for _ in range(3):
+            for n, (blob, im, hw) in enumerate(inputs):
+                for compiled in (True, False):
+                    M.COMPILED = compiled
+                    items = pickle.loads(blob)
+                    gc.collect()
+                    gc.disable()
+                    try:
+                        t0 = time.perf_counter()
+                        outs[compiled][n] = M.mask_stage(items, im, hw, lab.cfg.masks)
+                        best[compiled][n] = min(best[compiled][n], time.perf_counter() - t0)
+                    finally:
+                        gc.enable()
+    finally:
+        M.COMPILED = True
+    times = {c: float(np.mean(best[c])) for c in best}
     same = outs[True] == outs[False]
     row = dict(data=data, images=len(inputs), candidates_per_image=float(np.mean([len(pickle.loads(b)) for b, _, _ in inputs])),
                python_s=times[False], compiled_s=times[True], speedup=times[False] / times[True], same_annotations=same)

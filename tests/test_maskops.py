@@ -10,7 +10,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from unsam import masks as M
-from unsam.kernels.maskops import mask_nms, mask_overlaps, mask_parents, mask_rle
+from unsam.kernels.maskops import mask_nms, mask_overlaps, mask_overlaps_upper, mask_parents, mask_rle
 
 
 def _random_items(rng: np.random.Generator, k: int, h: int, w: int, nested: bool = True) -> list[M.MaskItem]:
@@ -65,6 +65,36 @@ class TestMaskOps:
         for contain in (0.5, 0.9, 1.0):
             assert mask_parents(got, contain) == M.parents_from_intersections_reference(ref, contain)
 
+    @pytest.mark.parametrize("seed", [0, 1])
+    def test_the_upper_triangle_reads_as_the_whole_matrix(self, seed):
+        """What the stage keeps (the op's upper triangle) gives the same areas, dense rows,
+        narrowed sets and NMS as the whole matrix."""
+        rng = np.random.default_rng(seed)
+        h, w = 64, 80
+        items = _random_items(rng, 70, h, w)
+        items.append(M.MaskItem((3, 2, 3, 6), np.zeros((4, 0), bool), 0.5, "atoms"))  # empty: no diagonal entry
+        upper = mask_overlaps_upper([m.box for m in items], [m.crop for m in items], h, w)
+        ref = mask_overlaps([m.box for m in items], [m.crop for m in items], h, w).toarray()
+        ind, ip = upper.indices.numpy(), upper.indptr.numpy()
+        rows = np.repeat(np.arange(len(items)), np.diff(ip))
+        assert (ind >= rows).all() and upper.values.numpy().size == np.count_nonzero(np.triu(ref))
+        assert np.array_equal(upper.areas(), np.diag(ref)) and upper.areas()[-1] == 0
+        assert np.array_equal(upper.dense(), ref)
+        pick = rng.permutation(len(items))[:30]  # any order
+        assert np.array_equal(upper.dense(pick), ref[np.ix_(pick, pick)])
+        keep = np.sort(pick)
+        narrowed = upper.select(keep)
+        assert np.array_equal(narrowed.dense(), ref[np.ix_(keep, keep)])
+        assert np.array_equal(narrowed.areas(), np.diag(ref)[keep])
+        with pytest.raises(ValueError, match="increasing"):
+            upper.select(keep[::-1])
+        with pytest.raises(RuntimeError, match="twice"):
+            upper.dense([1, 1])
+        scores = rng.random(len(items))
+        prot = rng.random(len(items)) < 0.1
+        for iou in (0.2, 0.5, 0.9):
+            assert mask_nms(upper, scores, iou, prot) == M.nms_from_intersections_reference(ref, scores, iou, prot)
+
     @pytest.mark.parametrize("seed,work,full", [(0, (40, 60), (40, 60)), (1, (40, 60), (97, 145)), (2, (33, 17), (100, 51)),
                                                 (3, (1, 30), (3, 91)), (4, (64, 64), (64, 64))])
     def test_rle_is_what_pycocotools_writes_for_the_upscaled_mask(self, seed, work, full):
@@ -103,6 +133,8 @@ class TestMaskOps:
         torch.library.opcheck(torch.ops.unsam.mask_overlaps.default, (b, c, 4, 5), test_utils=("test_schema", "test_autograd_registration"))
         dense = torch.from_numpy(mask_overlaps(b.numpy(), [x.numpy() for x in c], 4, 5).toarray())
         torch.library.opcheck(torch.ops.unsam.mask_parents.default, (dense, 0.9))
+        upper = torch.ops.unsam.mask_overlaps(b, c, 4, 5)
+        torch.library.opcheck(torch.ops.unsam.mask_dense.default, (*upper, torch.tensor([1, 0])))
 
 
 def test_the_stage_writes_the_same_json_with_and_without_the_compiled_ops(data_dir):

@@ -33,6 +33,7 @@ void check_mask_args(const at::Tensor& boxes, at::TensorList crops, int64_t heig
 TORCH_LIBRARY_FRAGMENT(unsam, m) {
   m.def("mask_overlaps(Tensor boxes, Tensor[] crops, int height, int width) -> (Tensor, Tensor, Tensor)");
   m.def("mask_nms(Tensor indptr, Tensor indices, Tensor values, Tensor scores, float iou, Tensor? protect) -> Tensor");
+  m.def("mask_dense(Tensor indptr, Tensor indices, Tensor values, Tensor rows) -> Tensor");
   m.def("mask_parents(Tensor inter, float contain) -> Tensor");
   m.def(
       "mask_rle(Tensor boxes, Tensor[] crops, int work_h, int work_w, int height, int width) "

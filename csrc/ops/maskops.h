@@ -6,11 +6,16 @@
 // (contiguous).
 //
 // mask_overlaps(boxes, crops, height, width) -> (indptr [K + 1] int64, indices int32, values int64)
-//   |a ∩ b| for every overlapping pair, as a CSR matrix (columns sorted; the
-//   diagonal holds the areas), computed on cells (pixels covered by exactly the
-//   same masks, found by summing a random 64-bit key per mask over its pixels):
-//   every mask is a union of cells, so |a ∩ b| = the summed area of the cells both hold.
+//   |a ∩ b| for every overlapping pair b >= a (the upper triangle, diagonal included:
+//   the areas), as a CSR matrix (columns sorted), computed on cells (pixels covered
+//   by exactly the same masks, found by summing a random 64-bit key per mask over its
+//   pixels): every mask is a union of cells, so |a ∩ b| = the summed area of the
+//   cells both hold.
+// mask_dense(indptr, indices, values, rows) -> [R, R] int64
+//   The symmetric dense matrix of the given rows and columns of a CSR matrix stored
+//   whole or as one triangle (each stored (i, j) fills (i, j) and (j, i)).
 // mask_nms(indptr, indices, values, scores, iou, protected) -> kept [M] int64
+//   On an intersection matrix stored whole or as one triangle (as mask_dense).
 //   Greedy NMS: order = protected first, then score, area (larger first), index;
 //   a mask is suppressed by an earlier kept one when |a ∩ b| / max(|a| + |b| -
 //   |a ∩ b|, 1) > iou (float64), unless it is protected.
@@ -39,6 +44,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_overlaps_cpu(const at::Tenso
 
 at::Tensor mask_nms_cpu(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& values,
                         const at::Tensor& scores, double iou, const std::optional<at::Tensor>& protect);
+
+at::Tensor mask_dense_cpu(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& values,
+                          const at::Tensor& rows);
 
 at::Tensor mask_parents_cpu(const at::Tensor& inter, double contain);
 

@@ -26,40 +26,59 @@
 namespace unsam::ops {
 namespace {
 
-// out[x] += key where row[x] (a bool byte), x < n.
-void add_key_generic(uint64_t* __restrict out, const uint8_t* __restrict row, int64_t n, uint64_t key) {
-  for (int64_t x = 0; x < n; ++x) out[x] += key & (0ull - static_cast<uint64_t>(row[x]));
+// A mask row's edges into a row of differences: +key where a run of set bytes
+// starts, -key where it ends (at n when it reaches the row's end; delta holds n + 1
+// entries). The prefix sums of the differences add key under every set byte (in
+// wrapping uint64 arithmetic, exactly), at the cost of the edges, not the pixels.
+inline void add_edge(uint64_t* delta, int64_t x, uint8_t v, uint64_t key) { delta[x] += v ? key : 0ull - key; }
+
+void add_edges_generic(uint64_t* __restrict delta, const uint8_t* __restrict row, int64_t n, int64_t from,
+                       uint64_t key) {
+  int64_t x = from;
+  for (; x + 8 <= n; x += 8) {  // skip 8-byte words equal to the word one byte earlier
+    uint64_t u, v;
+    std::memcpy(&u, row + x - 1, 8);
+    std::memcpy(&v, row + x, 8);
+    if (u == v) continue;
+    for (int64_t t = x; t < x + 8; ++t)
+      if (row[t] != row[t - 1]) add_edge(delta, t, row[t], key);
+  }
+  for (; x < n; ++x)
+    if (row[x] != row[x - 1]) add_edge(delta, x, row[x], key);
 }
 
 #ifdef UNSAM_X86
-__attribute__((target("avx2"))) void add_key_avx2(uint64_t* __restrict out, const uint8_t* __restrict row, int64_t n,
-                                                  uint64_t key) {
-  const __m256i k = _mm256_set1_epi64x(static_cast<long long>(key));
-  const __m256i zero = _mm256_setzero_si256();
-  int64_t x = 0;
-  for (; x + 4 <= n; x += 4) {
-    int32_t four;
-    std::memcpy(&four, row + x, 4);
-    // 4 bytes -> 4 x u64, then all ones where the byte is set.
-    const __m256i b = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(four));
-    const __m256i on = _mm256_xor_si256(_mm256_cmpeq_epi64(b, zero), _mm256_set1_epi64x(-1));
-    __m256i* o = reinterpret_cast<__m256i*>(out + x);
-    _mm256_storeu_si256(o, _mm256_add_epi64(_mm256_loadu_si256(o), _mm256_and_si256(on, k)));
-  }
-  add_key_generic(out + x, row + x, n - x, key);
-}
-
 bool have_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes;
 }
+
+__attribute__((target("avx2,bmi"))) void add_edges_avx2(uint64_t* __restrict delta, const uint8_t* __restrict row,
+                                                        int64_t n, uint64_t key) {
+  if (n < 33) return add_edges_generic(delta, row, n, 1, key);
+  for (int64_t x = 1; x < n; x += 32) {
+    const int64_t at = std::min(x, n - 32);  // the last block overlaps the one before
+    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + at - 1));
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + at));
+    uint32_t diff = ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(u, v)));
+    if (at < x) diff &= ~0u << (x - at);  // bytes the block before already did
+    while (diff) {
+      const int64_t t = at + __builtin_ctz(diff);
+      add_edge(delta, t, row[t], key);
+      diff &= diff - 1;
+    }
+  }
+}
 #endif
 
-void add_key(uint64_t* out, const uint8_t* row, int64_t n, uint64_t key) {
+void add_edges(uint64_t* delta, const uint8_t* row, int64_t n, uint64_t key) {
+  if (n <= 0) return;  // an empty box
+  if (row[0]) delta[0] += key;
+  if (row[n - 1]) delta[n] -= key;
 #ifdef UNSAM_X86
-  if (have_avx2()) return add_key_avx2(out, row, n, key);
+  if (have_avx2()) return add_edges_avx2(delta, row, n, key);
 #endif
-  add_key_generic(out, row, n, key);
+  add_edges_generic(delta, row, n, 1, key);
 }
 
 inline uint64_t splitmix64(uint64_t x) {
@@ -151,16 +170,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_overlaps_cpu(const at::Tenso
     key[i] = splitmix64(0x5EEDull + static_cast<uint64_t>(i));
   }
   // 1. Cover code of every pixel: the sum of the keys of the masks holding it
-  //    (two different cover sets collide with probability ~ cells^2 / 2^64).
-  //    Bands of image rows in parallel: no two threads write the same pixel.
+  //    (two different cover sets collide with probability ~ cells^2 / 2^64), as
+  //    prefix sums of the masks' row edges. Bands of image rows in parallel: no two
+  //    threads write the same row.
   std::vector<uint64_t> code(static_cast<size_t>(height * width), 0);
   at::parallel_for(0, height, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<uint64_t> delta(static_cast<size_t>((r1 - r0) * (width + 1)), 0);
     for (int64_t i = 0; i < k; ++i) {
       const Box& b = bx[i];
       const int64_t ya = std::max(b.y0, r0), yb = std::min(b.y1, r1);
       const int64_t bw = b.x1 - b.x0;
-      const uint64_t kk = key[i];
-      for (int64_t y = ya; y < yb; ++y) add_key(code.data() + y * width + b.x0, cp[i] + (y - b.y0) * bw, bw, kk);
+      for (int64_t y = ya; y < yb; ++y)
+        add_edges(delta.data() + (y - r0) * (width + 1) + b.x0, cp[i] + (y - b.y0) * bw, bw, key[i]);
+    }
+    for (int64_t y = r0; y < r1; ++y) {
+      uint64_t acc = 0;
+      const uint64_t* d = delta.data() + (y - r0) * (width + 1);
+      uint64_t* out = code.data() + y * width;
+      for (int64_t x = 0; x < width; ++x) out[x] = acc += d[x];
     }
   });
   // 2. Cells: ids in raster order of their first pixel (the representative).
@@ -182,20 +209,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_overlaps_cpu(const at::Tenso
   }
   const int64_t ncell = static_cast<int64_t>(rep.size());
   // 3. The cells of each mask: those whose representative it covers (a mask is a
-  //    union of cells). Cells with a representative in the box's rows form one id range.
+  //    union of cells). Cells with a representative in the box's rows form one id
+  //    range; the crop reads are independent loads (no branch on them), so they
+  //    overlap in flight instead of waiting on each other's cache misses.
+  std::vector<int32_t> rep_x(ncell), rep_y(ncell);
+  for (int64_t c = 0; c < ncell; ++c) {
+    rep_y[c] = static_cast<int32_t>(rep[c] / width);
+    rep_x[c] = static_cast<int32_t>(rep[c] % width);
+  }
   std::vector<std::vector<int32_t>> cells_of(k);
   at::parallel_for(0, k, 64, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> inbox;
     for (int64_t i = i0; i < i1; ++i) {
       const Box& b = bx[i];
-      auto lo = std::lower_bound(rep.begin(), rep.end(), b.y0 * width);
-      auto hi = std::lower_bound(rep.begin(), rep.end(), b.y1 * width);
-      const int64_t bw = b.x1 - b.x0;
-      for (auto it = lo; it != hi; ++it) {
-        const int64_t y = *it / width, x = *it % width;
-        if (x >= b.x0 && x < b.x1 && cp[i][(y - b.y0) * bw + (x - b.x0)]) {
-          cells_of[i].push_back(static_cast<int32_t>(it - rep.begin()));
-        }
+      const int32_t lo = static_cast<int32_t>(std::lower_bound(rep.begin(), rep.end(), b.y0 * width) - rep.begin());
+      const int32_t hi = static_cast<int32_t>(std::lower_bound(rep.begin(), rep.end(), b.y1 * width) - rep.begin());
+      inbox.resize(hi - lo);
+      int32_t n = 0;
+      for (int32_t c = lo; c < hi; ++c) {
+        inbox[n] = c;
+        n += rep_x[c] >= b.x0 && rep_x[c] < b.x1;
       }
+      const int64_t bw = b.x1 - b.x0;
+      auto& out = cells_of[i];
+      out.resize(n);
+      int32_t m = 0;
+      for (int32_t t = 0; t < n; ++t) {
+        const int32_t c = inbox[t];
+        out[m] = c;
+        m += cp[i][(rep_y[c] - b.y0) * bw + (rep_x[c] - b.x0)];
+      }
+      out.resize(m);
     }
   });
   // 4. The masks of each cell, then each mask's row: the sum of cell areas over the
@@ -211,8 +255,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_overlaps_cpu(const at::Tenso
     for (int64_t i = 0; i < k; ++i)
       for (int32_t c : cells_of[i]) masks_of[fill[c]++] = static_cast<int32_t>(i);
   }
-  // Upper triangle only (columns >= the row; the masks of a cell are in increasing
-  // order, so each cell's list is entered at the row's own index), then mirrored.
+  // The upper triangle (columns >= the row; the masks of a cell are in increasing
+  // order, so each cell's list is entered at the row's own index): the lower one
+  // is its mirror, and every reader (mask_nms, mask_dense) takes either.
   std::vector<std::vector<int32_t>> row_idx(k);
   std::vector<std::vector<int64_t>> row_val(k);
   at::parallel_for(0, k, 16, [&](int64_t i0, int64_t i1) {
@@ -239,56 +284,86 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_overlaps_cpu(const at::Tenso
   });
   auto indptr = at::empty({k + 1}, boxes.options());
   int64_t* ip = indptr.data_ptr<int64_t>();
-  std::vector<int64_t> lower(k, 0);  // entries below the diagonal per row
-  for (int64_t i = 0; i < k; ++i)
-    for (int32_t j : row_idx[i])
-      if (j > i) ++lower[j];
   ip[0] = 0;
-  for (int64_t i = 0; i < k; ++i) ip[i + 1] = ip[i] + lower[i] + static_cast<int64_t>(row_idx[i].size());
+  for (int64_t i = 0; i < k; ++i) ip[i + 1] = ip[i] + static_cast<int64_t>(row_idx[i].size());
   auto indices = at::empty({ip[k]}, boxes.options().dtype(at::kInt));
   auto values = at::empty({ip[k]}, boxes.options());
   int32_t* xi = indices.data_ptr<int32_t>();
   int64_t* xv = values.data_ptr<int64_t>();
-  {
-    std::vector<int64_t> fill(ip, ip + k);  // mirrored entries first: columns < row, increasing
-    for (int64_t i = 0; i < k; ++i) {
-      for (size_t t = 0; t < row_idx[i].size(); ++t) {
-        const int32_t j = row_idx[i][t];
-        if (j > i) {
-          xi[fill[j]] = static_cast<int32_t>(i);
-          xv[fill[j]++] = row_val[i][t];
-        }
-      }
+  at::parallel_for(0, k, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      std::copy(row_idx[i].begin(), row_idx[i].end(), xi + ip[i]);
+      std::copy(row_val[i].begin(), row_val[i].end(), xv + ip[i]);
     }
-    at::parallel_for(0, k, 64, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        std::copy(row_idx[i].begin(), row_idx[i].end(), xi + ip[i] + lower[i]);
-        std::copy(row_val[i].begin(), row_val[i].end(), xv + ip[i] + lower[i]);
-      }
-    });
-  }
+  });
   return {indptr, indices, values};
+}
+
+namespace {
+
+// A CSR matrix's arrays, checked: int64 indptr [K + 1], int32 indices, int64 values.
+struct Csr {
+  at::Tensor indptr, indices, values;
+  const int64_t* ip;
+  const int32_t* xi;
+  const int64_t* xv;
+  int64_t k;
+};
+
+Csr read_csr(const at::Tensor& indptr_in, const at::Tensor& indices_in, const at::Tensor& values_in, const char* op) {
+  TORCH_CHECK(indptr_in.dim() == 1 && indptr_in.size(0) >= 1 && indptr_in.scalar_type() == at::kLong, op,
+              ": indptr should be int64 [K + 1], got ", indptr_in.scalar_type(), " ", shape_str(indptr_in));
+  TORCH_CHECK(indices_in.scalar_type() == at::kInt && values_in.scalar_type() == at::kLong &&
+                  indices_in.dim() == 1 && values_in.dim() == 1 && indices_in.size(0) == values_in.size(0),
+              op, ": indices (int32) and values (int64) should be 1-D of one length");
+  Csr m{indptr_in.contiguous(), indices_in.contiguous(), values_in.contiguous(), nullptr, nullptr, nullptr,
+        indptr_in.size(0) - 1};
+  m.ip = m.indptr.data_ptr<int64_t>();
+  m.xi = m.indices.data_ptr<int32_t>();
+  m.xv = m.values.data_ptr<int64_t>();
+  TORCH_CHECK(m.ip[0] == 0 && m.ip[m.k] == m.indices.size(0), op, ": indptr does not fit indices");
+  for (int64_t i = 0; i < m.k; ++i) TORCH_CHECK(m.ip[i] <= m.ip[i + 1], op, ": indptr should not decrease");
+  for (int64_t t = 0; t < m.ip[m.k]; ++t)
+    TORCH_CHECK(m.xi[t] >= 0 && m.xi[t] < m.k, op, ": column ", m.xi[t], " is outside [0, ", m.k, ")");
+  return m;
+}
+
+}  // namespace
+
+at::Tensor mask_dense_cpu(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& values,
+                          const at::Tensor& rows_in) {
+  const Csr m = read_csr(indptr, indices, values, "mask_dense");
+  TORCH_CHECK(rows_in.dim() == 1 && rows_in.scalar_type() == at::kLong, "mask_dense: rows should be int64 [R], got ",
+              rows_in.scalar_type(), " ", shape_str(rows_in));
+  auto rows = rows_in.contiguous();
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const int64_t n = rows.size(0);
+  std::vector<int64_t> at_row(m.k, -1);  // position of each kept matrix row in the output
+  for (int64_t a = 0; a < n; ++a) {
+    TORCH_CHECK(r[a] >= 0 && r[a] < m.k, "mask_dense: row ", r[a], " is outside [0, ", m.k, ")");
+    TORCH_CHECK(at_row[r[a]] < 0, "mask_dense: row ", r[a], " is asked twice");
+    at_row[r[a]] = a;
+  }
+  auto out = at::zeros({n, n}, indptr.options());
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t a = 0; a < n; ++a) {
+    const int64_t i = r[a];
+    for (int64_t t = m.ip[i]; t < m.ip[i + 1]; ++t) {
+      const int64_t b = at_row[m.xi[t]];
+      if (b >= 0) o[a * n + b] = o[b * n + a] = m.xv[t];  // either triangle, or both
+    }
+  }
+  return out;
 }
 
 at::Tensor mask_nms_cpu(const at::Tensor& indptr_in, const at::Tensor& indices_in, const at::Tensor& values_in,
                         const at::Tensor& scores_in, double iou, const std::optional<at::Tensor>& protect_in) {
-  TORCH_CHECK(indptr_in.dim() == 1 && indptr_in.size(0) >= 1 && indptr_in.scalar_type() == at::kLong,
-              "mask_nms: indptr should be int64 [K + 1], got ", indptr_in.scalar_type(), " ", shape_str(indptr_in));
-  const int64_t k = indptr_in.size(0) - 1;
-  TORCH_CHECK(indices_in.scalar_type() == at::kInt && values_in.scalar_type() == at::kLong &&
-                  indices_in.dim() == 1 && values_in.dim() == 1 && indices_in.size(0) == values_in.size(0),
-              "mask_nms: indices (int32) and values (int64) should be 1-D of one length");
+  const Csr m = read_csr(indptr_in, indices_in, values_in, "mask_nms");
+  const int64_t k = m.k;
   TORCH_CHECK(scores_in.dim() == 1 && scores_in.size(0) == k, "mask_nms: scores should be [", k, "], got ",
               shape_str(scores_in));
-  auto indptr = indptr_in.contiguous();
-  auto indices = indices_in.contiguous();
-  auto values = values_in.contiguous();
   auto scores = scores_in.to(at::kDouble).contiguous();
-  const int64_t* ip = indptr.data_ptr<int64_t>();
-  const int32_t* xi = indices.data_ptr<int32_t>();
-  const int64_t* xv = values.data_ptr<int64_t>();
   const double* s = scores.data_ptr<double>();
-  TORCH_CHECK(ip[0] == 0 && ip[k] == indices.size(0), "mask_nms: indptr does not fit indices");
   std::vector<uint8_t> prot(k, 0);
   if (protect_in.has_value()) {
     TORCH_CHECK(protect_in->dim() == 1 && protect_in->size(0) == k, "mask_nms: protect should be [", k, "], got ",
@@ -299,8 +374,32 @@ at::Tensor mask_nms_cpu(const at::Tensor& indptr_in, const at::Tensor& indices_i
   }
   std::vector<double> area(k, 0.0);  // the diagonal
   for (int64_t i = 0; i < k; ++i)
-    for (int64_t t = ip[i]; t < ip[i + 1]; ++t)
-      if (xi[t] == i) area[i] = static_cast<double>(xv[t]);
+    for (int64_t t = m.ip[i]; t < m.ip[i + 1]; ++t)
+      if (m.xi[t] == i) area[i] = static_cast<double>(m.xv[t]);
+  // The pairs above the threshold, each stored entry read both ways (a full matrix
+  // or one triangle), as lists per mask.
+  std::vector<int64_t> hit_start(k + 1, 0);
+  std::vector<std::pair<int32_t, int32_t>> hits;
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t t = m.ip[i]; t < m.ip[i + 1]; ++t) {
+      const int64_t j = m.xi[t];
+      const double b = static_cast<double>(m.xv[t]);
+      if (j != i && b / std::max(area[i] + area[j] - b, 1.0) > iou) {
+        hits.emplace_back(static_cast<int32_t>(i), static_cast<int32_t>(j));
+        ++hit_start[i + 1];
+        ++hit_start[j + 1];
+      }
+    }
+  }
+  std::partial_sum(hit_start.begin(), hit_start.end(), hit_start.begin());
+  std::vector<int32_t> hit(hit_start[k]);
+  {
+    std::vector<int64_t> fill(hit_start.begin(), hit_start.end() - 1);
+    for (const auto& [i, j] : hits) {
+      hit[fill[i]++] = j;
+      hit[fill[j]++] = i;
+    }
+  }
   std::vector<int64_t> order(k);
   std::iota(order.begin(), order.end(), 0);
   // Protected first, then score, then area (larger first), then index.
@@ -315,13 +414,9 @@ at::Tensor mask_nms_cpu(const at::Tensor& indptr_in, const at::Tensor& indices_i
   for (int64_t i : order) {
     if (suppressed[i] && !prot[i]) continue;
     kept.push_back(i);
-    for (int64_t t = ip[i]; t < ip[i + 1]; ++t) {
-      const int64_t j = xi[t];
-      const double b = static_cast<double>(xv[t]);
-      if (b / std::max(area[i] + area[j] - b, 1.0) > iou) suppressed[j] = 1;
-    }
+    for (int64_t t = hit_start[i]; t < hit_start[i + 1]; ++t) suppressed[hit[t]] = 1;
   }
-  auto out = at::empty({static_cast<int64_t>(kept.size())}, indptr.options());
+  auto out = at::empty({static_cast<int64_t>(kept.size())}, m.indptr.options());
   std::copy(kept.begin(), kept.end(), out.data_ptr<int64_t>());
   return out;
 }
@@ -401,6 +496,66 @@ void rle_bbox(const std::vector<int64_t>& cnts, uint32_t h, uint32_t w, double* 
   bb[3] = ye - ys + 1;
 }
 
+// Where a crop's values change down its columns, read row by row (contiguous, 32
+// bytes at a time where AVX2 is there): every (column, row) with row >= 1 and
+// crop[row][column] != crop[row - 1][column], in row order, appended to cols / rows.
+void row_changes_generic(const uint8_t* crop, int64_t ch, int64_t cw, int64_t r0, std::vector<int32_t>& cols,
+                         std::vector<int32_t>& rows) {
+  for (int64_t r = r0; r < ch; ++r) {
+    const uint8_t* a = crop + (r - 1) * cw;
+    const uint8_t* b = crop + r * cw;
+    int64_t x = 0;
+    for (; x + 8 <= cw; x += 8) {  // skip unchanged 8-byte words
+      uint64_t u, v;
+      std::memcpy(&u, a + x, 8);
+      std::memcpy(&v, b + x, 8);
+      if (u == v) continue;
+      for (int64_t t = x; t < x + 8; ++t)
+        if (a[t] != b[t]) {
+          cols.push_back(static_cast<int32_t>(t));
+          rows.push_back(static_cast<int32_t>(r));
+        }
+    }
+    for (; x < cw; ++x)
+      if (a[x] != b[x]) {
+        cols.push_back(static_cast<int32_t>(x));
+        rows.push_back(static_cast<int32_t>(r));
+      }
+  }
+}
+
+#ifdef UNSAM_X86
+__attribute__((target("avx2,bmi"))) void row_changes_avx2(const uint8_t* crop, int64_t ch, int64_t cw,
+                                                          std::vector<int32_t>& cols, std::vector<int32_t>& rows) {
+  if (cw < 32) return row_changes_generic(crop, ch, cw, 1, cols, rows);
+  for (int64_t r = 1; r < ch; ++r) {
+    const uint8_t* a = crop + (r - 1) * cw;
+    const uint8_t* b = crop + r * cw;
+    for (int64_t x = 0; x < cw; x += 32) {
+      const int64_t at = std::min(x, cw - 32);  // the last block overlaps the one before
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + at));
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + at));
+      uint32_t diff = ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(u, v)));
+      if (at < x) diff &= ~0u << (x - at);  // columns the block before already reported
+      while (diff) {
+        cols.push_back(static_cast<int32_t>(at + __builtin_ctz(diff)));
+        rows.push_back(static_cast<int32_t>(r));
+        diff &= diff - 1;
+      }
+    }
+  }
+}
+#endif
+
+void row_changes(const uint8_t* crop, int64_t ch, int64_t cw, std::vector<int32_t>& cols, std::vector<int32_t>& rows) {
+  cols.clear();
+  rows.clear();
+#ifdef UNSAM_X86
+  if (have_avx2()) return row_changes_avx2(crop, ch, cw, cols, rows);
+#endif
+  row_changes_generic(crop, ch, cw, 1, cols, rows);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at::Tensor& boxes,
@@ -422,7 +577,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at
   std::vector<int64_t> areas(k);
   std::vector<double> bbs(4 * k);
   at::parallel_for(0, k, 8, [&](int64_t i0, int64_t i1) {
-    std::vector<int64_t> cnts, row_first, tr;
+    std::vector<int64_t> cnts, row_first;
+    std::vector<int32_t> ch_cols, ch_rows, col_start, next, by_col;
     for (int64_t i = i0; i < i1; ++i) {
       const Box& b = bx[i];
       const int64_t ch = b.y1 - b.y0, cw = b.x1 - b.x0;
@@ -456,23 +612,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at
           cur = v;
         }
       };
+      // The rows where each crop column changes value (row order), bucketed by column.
+      row_changes(crop, ch, cw, ch_cols, ch_rows);
+      col_start.assign(cw + 1, 0);
+      for (int32_t c : ch_cols) ++col_start[c + 1];
+      std::partial_sum(col_start.begin(), col_start.end(), col_start.begin());
+      by_col.resize(ch_rows.size());
+      next.assign(col_start.begin(), col_start.end() - 1);  // each column's next free slot
+      for (size_t t = 0; t < ch_cols.size(); ++t) by_col[next[ch_cols[t]]++] = ch_rows[t];
       int64_t prev_end = -1;  // position after the last box pixel visited (-1: none yet)
-      int64_t cached_col = -1;
+      // The set pixels' extent (pycocotools' rleToBbox gives exactly this box: it reads
+      // each run's first and last pixel, and a run that wraps from one column's bottom
+      // into the next column's top holds both ends of the rows).
+      int64_t xs = width, xe = -1, ys = height, ye = -1;
       for (int64_t X = fx0; X < fx1; ++X) {
         const int64_t c = std::clamp<int64_t>(
             static_cast<int64_t>(std::floor((static_cast<double>(X) + 0.5) / sx)) - b.x0, 0, cw - 1);
-        if (c != cached_col) {  // the crop column's values where they change, at full rows (row * 2 + value)
-          tr.clear();
-          tr.push_back(fy0 * 2 + crop[c]);
-          for (int64_t r = 1; r < ch; ++r) {
-            const uint8_t u = crop[r * cw + c];
-            if (u != crop[(r - 1) * cw + c] && row_first[r] < fy1) tr.push_back(row_first[r] * 2 + u);
-          }
-          cached_col = c;
-        }
         const int64_t col = X * height;
         if (prev_end >= 0 && prev_end < col + fy0) to(prev_end, 0);  // background between the box's columns
-        for (int64_t t : tr) to(col + t / 2, static_cast<uint8_t>(t & 1));
+        uint8_t v = crop[c];
+        to(col + fy0, v);  // the column's top value
+        int64_t top = v ? fy0 : fy1, bottom = -1;  // first set row; last row where a set run ends
+        for (int32_t t = col_start[c]; t < col_start[c + 1]; ++t) {
+          const int32_t r = by_col[t];
+          if (row_first[r] >= fy1) continue;
+          v = crop[static_cast<int64_t>(r) * cw + c];
+          to(col + row_first[r], v);
+          if (v)
+            top = std::min(top, row_first[r]);
+          else
+            bottom = row_first[r] - 1;
+        }
+        if (v) bottom = fy1 - 1;  // the column ends inside a set run
+        if (top < fy1) {
+          xs = std::min(xs, X);
+          xe = X;
+          ys = std::min(ys, top);
+          ye = std::max(ye, bottom);
+        }
         prev_end = col + fy1;
       }
       if (prev_end >= 0 && prev_end < total) to(prev_end, 0);
@@ -480,7 +657,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at
       int64_t area = 0;
       for (size_t j = 1; j < cnts.size(); j += 2) area += cnts[j];
       areas[i] = area;
-      rle_bbox(cnts, static_cast<uint32_t>(height), static_cast<uint32_t>(width), bbs.data() + 4 * i);
+      double* bb = bbs.data() + 4 * i;
+      if (xe < 0) {
+        bb[0] = bb[1] = bb[2] = bb[3] = 0;
+      } else {
+        bb[0] = static_cast<double>(xs);
+        bb[1] = static_cast<double>(ys);
+        bb[2] = static_cast<double>(xe - xs + 1);
+        bb[3] = static_cast<double>(ye - ys + 1);
+      }
       strs[i].clear();
       append_rle_string(cnts, strs[i]);
     }
@@ -502,6 +687,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at
 TORCH_LIBRARY_IMPL(unsam, CPU, m) {
   m.impl("mask_overlaps", TORCH_FN(mask_overlaps_cpu));
   m.impl("mask_nms", TORCH_FN(mask_nms_cpu));
+  m.impl("mask_dense", TORCH_FN(mask_dense_cpu));
   m.impl("mask_parents", TORCH_FN(mask_parents_cpu));
   m.impl("mask_rle", TORCH_FN(mask_rle_cpu));
 }
