@@ -137,6 +137,39 @@ class TestMaskOps:
         torch.library.opcheck(torch.ops.unsam.mask_dense.default, (*upper, torch.tensor([1, 0])))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed,h,w", [(0, 40, 60), (1, 97, 31), (2, 128, 161), (3, 1, 70), (4, 481, 321)])
+def test_cuda_mask_ops_match_the_cpu_ops(seed, h, w):
+    """The CUDA backends give the CPU ops' arrays exactly (integers; the same float64 tests)."""
+    rng = np.random.default_rng(seed)
+    items = _random_items(rng, 80 if h * w < 100_000 else 300, h, w)
+    items.append(M.MaskItem((2, 0, 2, 1), np.zeros((1, 0), bool), 0.5, "atoms"))  # an empty box
+    boxes = torch.tensor([m.box for m in items], dtype=torch.int64)
+    crops = [torch.from_numpy(np.ascontiguousarray(m.crop)) for m in items]
+    ops = torch.ops.unsam
+    cpu = ops.mask_overlaps(boxes, crops, h, w)
+    gpu = ops.mask_overlaps(boxes.cuda(), [c.cuda() for c in crops], h, w)
+    for a, b in zip(cpu, gpu):
+        assert b.is_cuda and a.dtype == b.dtype and torch.equal(a, b.cpu())
+    rows = torch.from_numpy(rng.permutation(len(items))[: len(items) // 2].copy())
+    dense = ops.mask_dense(*cpu, rows)
+    assert torch.equal(dense, ops.mask_dense(*gpu, rows.cuda()).cpu())
+    full = ops.mask_dense(*cpu, torch.arange(len(items)))
+    for contain in (0.5, 0.9, 1.0):
+        assert torch.equal(ops.mask_parents(full, contain), ops.mask_parents(full.cuda(), contain).cpu())
+    scores = torch.from_numpy(rng.random(len(items)))
+    prot = torch.from_numpy(rng.random(len(items)) < 0.1)
+    for iou in (0.3, 0.9):
+        assert torch.equal(ops.mask_nms(*cpu, scores, iou, prot), ops.mask_nms(*gpu, scores.cuda(), iou, prot.cuda()).cpu())
+    work, full_hw = (h, w), (2 * h + 1, 2 * w + 3)
+    ref = ops.mask_rle(boxes, crops, *work, *full_hw)
+    got = ops.mask_rle(boxes.cuda(), [c.cuda() for c in crops], *work, *full_hw)
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b.cpu())
+    with pytest.raises(RuntimeError, match="crop 0 is on cpu"):
+        ops.mask_overlaps(boxes.cuda(), crops, h, w)  # crops left on the CPU
+
+
 def test_the_stage_writes_the_same_json_with_and_without_the_compiled_ops(data_dir):
     """Byte for byte, on a real BSDS500 image and a full-size SA-1B image (masks formed at
     1024 px, written at 2250 x 1500)."""

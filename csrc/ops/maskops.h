@@ -1,5 +1,7 @@
 // The mask stage's compiled ops (unsam/masks.py): exact pairwise overlaps, mask NMS,
-// containment parents and COCO RLE, on one image's masks. Host ops.
+// containment parents and COCO RLE, on one image's masks. CPU backends in
+// cpu/maskops_kernel.cpp; CUDA backends in cuda/maskops_cuda.cpp (overlaps, dense
+// rows and parents on the device; NMS and RLE on the host), with the same outputs.
 //
 // Masks come as (box, crop) pairs: boxes [K, 4] int64 (x0, y0, x1, y1), x1/y1
 // exclusive, on an image of height x width; crops: K bool tensors [y1 - y0, x1 - x0]

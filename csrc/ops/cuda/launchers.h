@@ -55,4 +55,24 @@ cudaError_t merge_levels_launch(const float* feats, const bool* valid, const dou
                                 const MergeLevelsPlan& plan, void* workspace,
                                 int64_t workspace_regions, int64_t* labels, cudaStream_t stream);
 
+// ---------------------------------------------------------------- mask ops
+// boxes [K, 4] int64 (x0, y0, x1, y1) and crop_ptrs [K] (device addresses of the
+// K bool crops, each [y1 - y0, x1 - x0] contiguous) and off [K + 1] int64 (the
+// exclusive scan of (y1 - y0) * (ceil(x1 / 32) - floor(x0 / 32)), 0 for an empty
+// box) all in device memory. Writes packed[off[K] = words] uint32: mask i's box
+// rows as words floor(x0 / 32).. of full image rows, LSB first, 0 outside the box.
+cudaError_t mask_pack_launch(const int64_t* boxes, const int64_t* crop_ptrs, const int64_t* off, int64_t k,
+                             int64_t words, uint32_t* packed, cudaStream_t stream);
+
+// The pairs j >= i whose boxes share a pixel. pair_ptr == nullptr: count[i] =
+// their number per i. Else (pair_ptr = the exclusive scan of count, K + 1):
+// pair_row / pair_col [pair_ptr[K]] int32 get them, i ascending, j ascending.
+cudaError_t mask_pairs_launch(const int64_t* boxes, int64_t k, int64_t* count, const int64_t* pair_ptr,
+                              int32_t* pair_row, int32_t* pair_col, cudaStream_t stream);
+
+// values[p] = |mask pair_row[p] ∩ mask pair_col[p]| (int64) from the packed words.
+cudaError_t mask_intersect_launch(const int64_t* boxes, const int64_t* off, const uint32_t* packed,
+                                  const int32_t* pair_row, const int32_t* pair_col, int64_t pairs, int64_t* values,
+                                  cudaStream_t stream);
+
 }  // namespace unsam::cuda
