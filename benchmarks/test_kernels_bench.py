@@ -292,3 +292,33 @@ def test_gpu_merge_throughput():
     assert torch.equal(merge_levels(f[:16]).cpu(), merge_levels(f[:16].cpu()))
     record("gpu_merge_32x32", rows)
     assert max(r["regions_per_s"] for r in rows) >= 10_000, rows
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_available(), reason="needs a GPU and a CUDA build")
+def test_gpu_mask_overlaps_vs_cpu():
+    """The mask stage's overlaps (the heaviest mask op) on the GPU against the CPU op on the
+    same candidates (the `full` preset's, 5 BSDS500 val images): the same arrays, and the
+    time of each (GPU: crops already on the device, synchronised)."""
+    import pickle
+
+    from benchmarks.test_pipeline_bench import _images, _mask_stage_inputs
+    from unsam.pipeline import Labeler, label_config
+
+    images = _images("bsds500/images/val", 5)
+    lab = Labeler(label_config({"backbone": "classic"}, preset="full"))
+    rows = []
+    for blob, _, hw in _mask_stage_inputs(lab, images):
+        items = pickle.loads(blob)
+        boxes = torch.tensor([m.box for m in items], dtype=torch.int64)
+        crops = [m.crop_tensor() for m in items]
+        boxes_d, crops_d = boxes.cuda(), [c.cuda() for c in crops]
+        cpu = bench(lambda: torch.ops.unsam.mask_overlaps(boxes, crops, *hw), repeat=3)
+        gpu_s = bench(lambda: torch.ops.unsam.mask_overlaps(boxes_d, crops_d, *hw), repeat=3, device="cuda")
+        ref = torch.ops.unsam.mask_overlaps(boxes, crops, *hw)
+        gpu_out = torch.ops.unsam.mask_overlaps(boxes_d, crops_d, *hw)
+        same = all(torch.equal(a, b.cpu()) for a, b in zip(ref, gpu_out))
+        rows.append(dict(masks=len(items), pairs=int(ref[1].numel()), cpu_ms=1e3 * cpu, gpu_ms=1e3 * gpu_s,
+                         ratio=cpu / gpu_s, same=same))
+    record("gpu_mask_overlaps", rows)
+    assert all(r["same"] for r in rows), rows
