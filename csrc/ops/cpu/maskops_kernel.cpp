@@ -32,9 +32,9 @@ namespace {
 // wrapping uint64 arithmetic, exactly), at the cost of the edges, not the pixels.
 inline void add_edge(uint64_t* delta, int64_t x, uint8_t v, uint64_t key) { delta[x] += v ? key : 0ull - key; }
 
-void add_edges_generic(uint64_t* __restrict delta, const uint8_t* __restrict row, int64_t n, int64_t from,
-                       uint64_t key) {
-  int64_t x = from;
+// Bytes 1..n-1 (byte 0 has no byte before it: add_edges does it).
+void add_edges_generic(uint64_t* __restrict delta, const uint8_t* __restrict row, int64_t n, uint64_t key) {
+  int64_t x = 1;
   for (; x + 8 <= n; x += 8) {  // skip 8-byte words equal to the word one byte earlier
     uint64_t u, v;
     std::memcpy(&u, row + x - 1, 8);
@@ -55,7 +55,7 @@ bool have_avx2() {
 
 __attribute__((target("avx2,bmi"))) void add_edges_avx2(uint64_t* __restrict delta, const uint8_t* __restrict row,
                                                         int64_t n, uint64_t key) {
-  if (n < 33) return add_edges_generic(delta, row, n, 1, key);
+  if (n < 33) return add_edges_generic(delta, row, n, key);
   for (int64_t x = 1; x < n; x += 32) {
     const int64_t at = std::min(x, n - 32);  // the last block overlaps the one before
     const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + at - 1));
@@ -78,7 +78,7 @@ void add_edges(uint64_t* delta, const uint8_t* row, int64_t n, uint64_t key) {
 #ifdef UNSAM_X86
   if (have_avx2()) return add_edges_avx2(delta, row, n, key);
 #endif
-  add_edges_generic(delta, row, n, 1, key);
+  add_edges_generic(delta, row, n, key);
 }
 
 inline uint64_t splitmix64(uint64_t x) {
@@ -466,42 +466,12 @@ void append_rle_string(const std::vector<int64_t>& cnts, std::vector<uint8_t>& o
   }
 }
 
-// pycocotools' rleToBbox (uint arithmetic as there).
-void rle_bbox(const std::vector<int64_t>& cnts, uint32_t h, uint32_t w, double* bb) {
-  const size_t m = (cnts.size() / 2) * 2;
-  if (m == 0) {
-    bb[0] = bb[1] = bb[2] = bb[3] = 0;
-    return;
-  }
-  uint32_t xs = w, ys = h, xe = 0, ye = 0, xp = 0;
-  uint64_t cc = 0;
-  for (size_t j = 0; j < m; ++j) {
-    cc += static_cast<uint64_t>(cnts[j]);
-    const uint64_t t = cc - j % 2;
-    const uint32_t y = static_cast<uint32_t>(t % h), x = static_cast<uint32_t>((t - y) / h);
-    if (j % 2 == 0) {
-      xp = x;
-    } else if (xp < x) {
-      ys = 0;
-      ye = h - 1;
-    }
-    xs = std::min(xs, x);
-    xe = std::max(xe, x);
-    ys = std::min(ys, y);
-    ye = std::max(ye, y);
-  }
-  bb[0] = xs;
-  bb[2] = xe - xs + 1;
-  bb[1] = ys;
-  bb[3] = ye - ys + 1;
-}
-
 // Where a crop's values change down its columns, read row by row (contiguous, 32
 // bytes at a time where AVX2 is there): every (column, row) with row >= 1 and
 // crop[row][column] != crop[row - 1][column], in row order, appended to cols / rows.
-void row_changes_generic(const uint8_t* crop, int64_t ch, int64_t cw, int64_t r0, std::vector<int32_t>& cols,
+void row_changes_generic(const uint8_t* crop, int64_t ch, int64_t cw, std::vector<int32_t>& cols,
                          std::vector<int32_t>& rows) {
-  for (int64_t r = r0; r < ch; ++r) {
+  for (int64_t r = 1; r < ch; ++r) {
     const uint8_t* a = crop + (r - 1) * cw;
     const uint8_t* b = crop + r * cw;
     int64_t x = 0;
@@ -527,7 +497,7 @@ void row_changes_generic(const uint8_t* crop, int64_t ch, int64_t cw, int64_t r0
 #ifdef UNSAM_X86
 __attribute__((target("avx2,bmi"))) void row_changes_avx2(const uint8_t* crop, int64_t ch, int64_t cw,
                                                           std::vector<int32_t>& cols, std::vector<int32_t>& rows) {
-  if (cw < 32) return row_changes_generic(crop, ch, cw, 1, cols, rows);
+  if (cw < 32) return row_changes_generic(crop, ch, cw, cols, rows);
   for (int64_t r = 1; r < ch; ++r) {
     const uint8_t* a = crop + (r - 1) * cw;
     const uint8_t* b = crop + r * cw;
@@ -553,7 +523,7 @@ void row_changes(const uint8_t* crop, int64_t ch, int64_t cw, std::vector<int32_
 #ifdef UNSAM_X86
   if (have_avx2()) return row_changes_avx2(crop, ch, cw, cols, rows);
 #endif
-  row_changes_generic(crop, ch, cw, 1, cols, rows);
+  row_changes_generic(crop, ch, cw, cols, rows);
 }
 
 }  // namespace
@@ -585,8 +555,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at
       const int64_t total = height * width;
       if (ch == 0 || cw == 0) {  // an empty mask
         areas[i] = 0;
-        cnts.assign(1, total);
-        rle_bbox(cnts, static_cast<uint32_t>(height), static_cast<uint32_t>(width), bbs.data() + 4 * i);
+        cnts.assign(1, total);  // pycocotools' bbox of it: all zeros (bbs starts at 0)
         strs[i].clear();
         append_rle_string(cnts, strs[i]);
         continue;
