@@ -154,7 +154,7 @@ def vit_b8_shaped(depth: int = 2, device: str = "cpu"):
     only make the forward, which the benchmarks exclude, cheaper on a CPU."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from unsam.features import ViTKeyFeatures
+    from unsam.label.features import ViTKeyFeatures
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -100,7 +100,7 @@ def _published_three_cuts(f: torch.Tensor) -> list[np.ndarray]:
 def _our_three_cuts(f: torch.Tensor) -> list[np.ndarray]:
     """The maskcut preset's divide (``divide_batch``, rule "published"): one bit graph, each
     next cut the first graph with the covered rows and columns cleared, warm-started Lanczos."""
-    from unsam.divide import DivideConfig, divide_batch
+    from unsam.label.divide import DivideConfig, divide_batch
 
     cfg = DivideConfig(tau=TAU, eps=EPS, max_cuts=3, rule="published", background_regions=False, recursive_depth=0)
     return [r.mask for r in divide_batch(f.reshape(1, 60, 60, -1), cfg)[0]]
@@ -176,7 +176,7 @@ def test_atoms_graph_segment_vs_skimage_and_merge_graph_vs_reference():
     skimage_seg = pytest.importorskip("skimage.segmentation")
     from scipy import ndimage
 
-    from unsam.atoms import AtomConfig, colour_histograms
+    from unsam.label.atoms import AtomConfig, colour_histograms
     from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph, merge_graph_reference
 
     img = _bsds_image(0)
@@ -303,7 +303,7 @@ def test_gpu_mask_overlaps_vs_cpu():
     import pickle
 
     from benchmarks.test_pipeline_bench import _images, _mask_stage_inputs
-    from unsam.pipeline import Labeler, label_config
+    from unsam.label.pipeline import Labeler, label_config
 
     images = _images("bsds500/images/val", 5)
     lab = Labeler(label_config({"backbone": "classic"}, preset="full"))

@@ -35,7 +35,7 @@ import torch
 
 from benchmarks._util import DATA, record, vit_b8_shaped
 from unsam.io import load_image
-from unsam.pipeline import Labeler, label_config
+from unsam.label.pipeline import Labeler, label_config
 
 pytestmark = pytest.mark.benchmark
 FEATURES = ("features_divide", "features_conquer")
@@ -242,7 +242,7 @@ def _mask_stage_inputs(lab: Labeler, images: list[np.ndarray]) -> list[tuple]:
     """What the mask stage receives for each image (candidates after the atoms), pickled."""
     import pickle
 
-    from unsam import pipeline
+    from unsam.label import pipeline
 
     got = []
     real = pipeline.mask_stage
@@ -263,7 +263,7 @@ def _mask_stage_inputs(lab: Labeler, images: list[np.ndarray]) -> list[tuple]:
 @pytest.mark.parametrize("data", ["sa1b-samples", "bsds500/images/val"])
 def test_mask_stage_compiled_vs_python(data):
     """The mask stage (NMS, parents, pruning, RLE: masks + output) with the compiled ops
-    against today's Python stage (unsam.masks.COMPILED = False), on the same candidates,
+    against today's Python stage (unsam.label.masks.COMPILED = False), on the same candidates,
     same process. Target (issue 12): >= 5x, and the same annotations.
 
     Timed as timeit does (the garbage collector collected before and off during each
@@ -272,7 +272,7 @@ def test_mask_stage_compiled_vs_python(data):
     import gc
     import pickle
 
-    from unsam import masks as M
+    from unsam.label import masks as M
 
     images = _images(data, 3 if data.startswith("sa1b") else 10)
     lab = Labeler(label_config({"backbone": "classic"}, preset="full"))

@@ -3,7 +3,7 @@
     pytest benchmarks/ --benchmark -k quality -s
     UNSAM_QUALITY_LIMIT=5 pytest benchmarks/ --benchmark -k quality -s    # quick run: 5 images per set
 
-Evaluation data only (``unsam.splits``: nothing here was used to tune a
+Evaluation data only (``unsam.evaluate.splits``: nothing here was used to tune a
 default): the COCO-mini evaluation half (39 images, ``COCO_MINI_EVAL_IDS``)
 and BSDS500 val (100 images). Labels them with each method in this process,
 evaluates everything with :mod:`unsam.evaluate` (COCO: class-agnostic AR/AP
@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks._util import DATA, RESULTS, machine
-from unsam.splits import COCO_MINI_EVAL_IDS, bsds_gt_dir, bsds_images, coco_mini_gt, coco_mini_images
+from unsam.evaluate.splits import COCO_MINI_EVAL_IDS, bsds_gt_dir, bsds_images, coco_mini_gt, coco_mini_images
 
 pytestmark = pytest.mark.benchmark
 
@@ -64,12 +64,12 @@ def _limit() -> int | None:
 def _labeler(method: str):
     """A function: uint8 [H, W, 3] RGB -> annotation list."""
     if method.startswith("unsam"):
-        from unsam.pipeline import LabelConfig, Labeler
+        from unsam.label.pipeline import LabelConfig, Labeler
 
         refine = method.split("+")[1] if "+" in method else "none"
         lab = Labeler(LabelConfig(backbone="classic", refine=refine))
         return lambda im: lab.label_batch([im])[0]
-    from unsam.baselines import label_image
+    from unsam.evaluate.baselines import label_image
 
     return lambda im: label_image(im, method)
 
@@ -231,7 +231,7 @@ def test_quality(tmp_path_factory):
             "machine": machine(),
             "images": {k: len(v) for k, v in sets.items()},
             "data": {
-                "coco": "COCO-mini evaluation half (unsam.splits.COCO_MINI_EVAL_IDS)",
+                "coco": "COCO-mini evaluation half (unsam.evaluate.splits.COCO_MINI_EVAL_IDS)",
                 "bsds": "BSDS500 val",
             },
             "seconds_per_image": "labeling call only (decoded image -> annotations), mean after one warm-up image",

@@ -69,7 +69,8 @@ def _step_bench(config: str, device: str, batch: int, warmup: int, steps: int, o
     import time
 
     from unsam.models import PromptCriterion, SetCriterion, create_model
-    from unsam.train import build_optimizer, load_config
+    from unsam.train import load_config
+    from unsam.train.optim import build_optimizer
 
     cfg = load_config(config, overrides)
     if cfg.train.threads:

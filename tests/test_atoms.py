@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unsam.atoms import AtomConfig, atom_masks, colour_histograms
+from unsam.label.atoms import AtomConfig, atom_masks, colour_histograms
 from unsam.kernels.segment import (
     adjacent_pairs,
     graph_segment,
@@ -183,7 +183,7 @@ def test_colour_histograms_count_pixels_per_atom():
 
 
 def test_atom_features_sum_the_patch_under_each_pixel():
-    from unsam.atoms import _atom_features
+    from unsam.label.atoms import _atom_features
 
     rng = np.random.default_rng(3)
     atoms = rng.integers(0, 6, (20, 28))
@@ -233,8 +233,8 @@ def test_graph_segment_equals_scikit_image_on_a_photo():
 
 
 def test_snap_to_atoms_takes_atoms_covered_by_more_than_half():
-    from unsam.atoms import snap_to_atoms
-    from unsam.masks import MaskItem
+    from unsam.label.atoms import snap_to_atoms
+    from unsam.label.masks import MaskItem
 
     atoms = np.zeros((10, 12), np.int64)
     atoms[:, 4:8] = 1
@@ -251,7 +251,7 @@ def test_snap_to_atoms_takes_atoms_covered_by_more_than_half():
 
 
 def test_partition_counts():
-    from unsam.atoms import partition_counts
+    from unsam.label.atoms import partition_counts
 
     assert partition_counts(1.25, 10) == [1, 2, 3, 4, 5, 6, 7, 9]
     assert partition_counts(2.0, 16) == [1, 2, 4, 8, 16]
@@ -263,7 +263,7 @@ def test_partition_counts():
 
 
 def test_partition_ladder_by_hand():
-    from unsam.atoms import partition_ladder
+    from unsam.label.atoms import partition_ladder
 
     # Leaves 0..3; 4 = {0, 1}, 5 = {2, 3}, 6 = everything.
     merges = np.array([[0, 1], [2, 3], [4, 5]])
@@ -277,7 +277,7 @@ def test_partition_ladder_by_hand():
 
 
 def test_similarity_cuts_and_a_ladder_by_merge_strength():
-    from unsam.atoms import partition_ladder, similarity_cuts
+    from unsam.label.atoms import partition_ladder, similarity_cuts
 
     # Greedy merge similarities need not descend; a threshold stops the sequence at the
     # first merge below it. Ascending thresholds: coarse to fine, the whole first.
@@ -295,7 +295,7 @@ def test_similarity_cuts_and_a_ladder_by_merge_strength():
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 40), seed=st.integers(0, 10_000), ratio=st.floats(1.1, 2.5))
 def test_partition_ladder_cuts_are_nested_partitions(n, seed, ratio):
-    from unsam.atoms import partition_counts, partition_ladder
+    from unsam.label.atoms import partition_counts, partition_ladder
 
     rng = np.random.default_rng(seed)
     # A random dendrogram: merge two random current roots until one is left.

@@ -1,4 +1,4 @@
-"""Tests of ``unsam.baselines``: valid per-image JSON, an exactly nested hierarchy, the CLI."""
+"""Tests of ``unsam.evaluate.baselines``: valid per-image JSON, an exactly nested hierarchy, the CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 pytest.importorskip("skimage", reason="the baselines need scikit-image (the 'eval' extra)")
 
-from unsam.baselines import (
+from unsam.evaluate.baselines import (
     FHConfig,
     SLICConfig,
     hierarchy_annotations,

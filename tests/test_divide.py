@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from unsam.divide import DivideConfig, bipartition, divide, divide_batch
+from unsam.label.divide import DivideConfig, bipartition, divide, divide_batch
 
 
 def _scene(seed=0, g=30):

@@ -1,4 +1,4 @@
-"""COCO export of a labeled folder (unsam.io.export_coco, python -m unsam.export) and overlays (unsam.vis)."""
+"""COCO export of a labeled folder (unsam.io.export_coco, python -m unsam.export) and overlays (unsam.label.vis)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unsam import io, vis
-from unsam.export import main as export_main
+from unsam import io
+from unsam.label import vis
+from unsam.label.export import main as export_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
@@ -222,8 +223,6 @@ class TestOverlay:
 
 
 def test_partition_panels_show_the_whole_partition_of_their_level():
-    from unsam import io, vis
-
     h, w = 8, 8
     whole = np.ones((h, w), bool)
     left = np.zeros((h, w), bool)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unsam.features import (
+from unsam.label.features import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -18,7 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from unsam.label import main
-from unsam.pipeline import LabelConfig, Labeler, config_from_dict
+from unsam.label.pipeline import LabelConfig, Labeler, config_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "examples" / "images"
@@ -196,7 +196,7 @@ def test_config_file_and_unknown_keys(tmp_path):
 
 
 def test_tiny_vit_checkpoint_through_the_dino_path(tmp_path):
-    from unsam.features import build_extractor
+    from unsam.label.features import build_extractor
 
     model = build_extractor("vit_tiny_test", pretrained=False)
     ckpt = tmp_path / "tiny.pth"
@@ -318,7 +318,7 @@ def test_cpu_workers_give_the_same_labels_and_overlap_batches(labeled, tmp_path)
 
 
 def test_an_image_failing_in_the_cpu_stages_is_skipped_with_its_reason(tmp_path, monkeypatch):
-    from unsam import pipeline
+    from unsam.label import pipeline
 
     real = pipeline.Labeler._tail
 
@@ -356,7 +356,7 @@ def test_a_dead_cpu_worker_fails_its_images_and_the_pool_restarts():
 
 
 def test_auto_cpu_workers():
-    from unsam.label import auto_cpu_workers
+    from unsam.label.cli import auto_cpu_workers
 
     assert auto_cpu_workers(True, True, 16) == 13  # 16 cores - this process - 2 decoding workers
     assert auto_cpu_workers(True, True, 64, world=8) == 5  # 8 ranks share 64 cores

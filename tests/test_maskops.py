@@ -9,7 +9,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from unsam import masks as M
+from unsam.label import masks as M
 from unsam.kernels.maskops import mask_nms, mask_overlaps, mask_overlaps_upper, mask_parents, mask_rle
 
 
@@ -174,7 +174,7 @@ def test_the_stage_writes_the_same_json_with_and_without_the_compiled_ops(data_d
     """Byte for byte, on a real BSDS500 image and a full-size SA-1B image (masks formed at
     1024 px, written at 2250 x 1500)."""
     from unsam.io import load_image
-    from unsam.pipeline import Labeler, label_config
+    from unsam.label.pipeline import Labeler, label_config
 
     imgs = [load_image(sorted((data_dir / "bsds500" / "images" / "val").glob("*.jpg"))[0])]
     sa1b = sorted((data_dir / "sa1b-samples").glob("*.jpg"))

@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from unsam.conquer import clusters_from_labels, crop_resize
-from unsam.masks import (
+from unsam.label.conquer import clusters_from_labels, crop_resize
+from unsam.label.masks import (
     MaskItem,
     Overlaps,
     _clip_to,

@@ -14,7 +14,7 @@ Two kinds of features: ``classic`` and a random-weight ViT with DINO ViT-B/8's
 patch (8) and key size (C = 768); it has 2 blocks instead of 12 to keep the CPU
 test short (the features' shape, not their depth, is what the kernels see).
 The eigenvector's sign is LAPACK's choice in the published code; both sides here
-use the divide's documented rule (``unsam.divide.canonical_sign``), and the
+use the divide's documented rule (``unsam.label.divide.canonical_sign``), and the
 reference's merge loop runs in float64, the kernel's precision (README,
 "Differences from the published code").
 """
@@ -29,7 +29,7 @@ from scipy.optimize import linear_sum_assignment
 
 from unsam import published
 from unsam.io import load_image
-from unsam.pipeline import Labeler, label_config
+from unsam.label.pipeline import Labeler, label_config
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from unsam.masks import MaskItem
-from unsam.refine import guided_filter, refine_masks
-from unsam.superpixels import slic, snap_masks
+from unsam.label.masks import MaskItem
+from unsam.label.refine import guided_filter, refine_masks
+from unsam.label.superpixels import slic, snap_masks
 
 
 def _disc_scene(h=96, w=128, r=30):

@@ -9,9 +9,9 @@ import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from unsam.evaluate_points import centre_point, evaluate_points
-from unsam.fuse import fuse_image
-from unsam.fuse import main as fuse_main
+from unsam.evaluate.points import centre_point, evaluate_points
+from unsam.train.fuse import fuse_image
+from unsam.train.fuse import main as fuse_main
 from unsam.io import (
     annotation_record,
     image_record,
@@ -20,8 +20,8 @@ from unsam.io import (
     rle_to_mask,
     write_json_atomic,
 )
-from unsam.selftrain import SelfTrainConfig, merge_round
-from unsam.selftrain import main as selftrain_main
+from unsam.train.selftrain import SelfTrainConfig, merge_round
+from unsam.train.selftrain import main as selftrain_main
 
 H, W = 40, 60
 
@@ -174,7 +174,7 @@ def test_centre_point_inside_non_convex_shapes():
 
 
 def test_evaluate_points_known_answers(tmp_path):
-    from unsam.train_data import load_records
+    from unsam.train.data import load_records
 
     img_dir = tmp_path / "im"
     img_dir.mkdir()

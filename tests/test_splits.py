@@ -1,4 +1,4 @@
-"""Tests of ``unsam.splits``: the tuning and evaluation halves are disjoint, cover the data, and do not move."""
+"""Tests of ``unsam.evaluate.splits``: the tuning and evaluation halves are disjoint, cover the data, and do not move."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from unsam.splits import (
+from unsam.evaluate.splits import (
     COCO_MINI_EVAL_IDS,
     COCO_MINI_TUNE_IDS,
     bsds_gt_dir,

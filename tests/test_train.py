@@ -12,20 +12,11 @@ import torch
 import yaml
 
 from unsam.io import read_label_json
-from unsam.train import (
-    CONFIG_DIR,
-    ConfigError,
-    TrainConfig,
-    Trainer,
-    coco_mask_ar,
-    config_from_dict,
-    gt_coco_from_records,
-    load_config,
-    lr_factor,
-    main,
-    validate,
-)
-from unsam.train_data import load_records
+from unsam.train import CONFIG_DIR, ConfigError, TrainConfig, Trainer, config_from_dict, load_config, main
+from unsam.train.config import validate
+from unsam.train.optim import lr_factor
+from unsam.train.validate import coco_mask_ar, gt_coco_from_records
+from unsam.train.data import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "examples" / "images"
@@ -84,7 +75,7 @@ def test_whole_image_model_learns_predicts_and_evaluates(labels, tmp_path):
     assert resolved["data"]["train"] == str(labels) and resolved["_run"]["world_size"] == 1
 
     # predict -> the labeler's format -> evaluate.
-    from unsam.predict import main as predict_main
+    from unsam.models.predict import main as predict_main
 
     pred_dir = tmp_path / "pred"
     assert predict_main(["--checkpoint", str(out / "model.pt"), "--input", str(IMAGES), "--output", str(pred_dir), "--limit", "2", "--topk", "30", "--quiet"]) == 0
@@ -104,7 +95,7 @@ def test_whole_image_model_learns_predicts_and_evaluates(labels, tmp_path):
     assert predict_main(["--checkpoint", str(out / "model.pt"), "--input", str(IMAGES), "--output", str(pred_dir), "--points", "1,1"]) == 2
 
     # One self-training round straight from the checkpoint.
-    from unsam.selftrain import main as selftrain_main
+    from unsam.train.selftrain import main as selftrain_main
 
     st = tmp_path / "round2"
     assert selftrain_main(["--labels", str(labels), "--checkpoint", str(out / "model.pt"), "--output", str(st), "--limit", "1", "--score", "0.0"]) == 0
@@ -123,7 +114,7 @@ def test_promptable_model_learns_and_point_evaluation_runs(labels, tmp_path):
     assert ratio < 0.9, f"loss did not fall clearly: {rows[0]['loss']:.2f} -> {rows[-1]['loss']:.2f}"
     assert _falls(rows, "loss_dice") < 0.95 and _falls(rows, "loss_iou") < 0.5
 
-    from unsam.evaluate_points import main as points_main
+    from unsam.evaluate.points import main as points_main
 
     js = tmp_path / "points.json"
     rc = points_main(["--checkpoint", str(out / "model.pt"), "--gt", str(labels), "--limit", "1", "--max-masks-per-image", "4", "--json", str(js)])
@@ -132,7 +123,7 @@ def test_promptable_model_learns_and_point_evaluation_runs(labels, tmp_path):
     assert res["masks"] == 4 and res["outputs_per_click"] == 6
     assert 0.0 <= res["MaxIoU"] <= res["OracleIoU"] <= 1.0
 
-    from unsam.predict import main as predict_main
+    from unsam.models.predict import main as predict_main
 
     pred_dir = tmp_path / "clicks"
     img = IMAGES / "coco_062554.jpg"

@@ -1,4 +1,4 @@
-"""Training data: label sets -> augmented crops (unsam.train_data), on small synthetic label sets."""
+"""Training data: label sets -> augmented crops (unsam.train.data), on small synthetic label sets."""
 
 import json
 
@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from unsam.io import annotation_record, image_record, masks_to_rles, write_json_atomic
-from unsam.train_data import (
+from unsam.train.data import (
     DatasetError,
     GlobalBatchSampler,
     MaskDataset,

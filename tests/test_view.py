@@ -639,7 +639,7 @@ def test_compare_side_by_side_and_the_promptable_click(driver, labels, prompt_ch
 
         # Shift-click: the model runs on the server and its masks come back as candidates.
         from unsam.io import load_image
-        from unsam.predict import Predictor
+        from unsam.models.predict import Predictor
 
         pred = Predictor.from_checkpoint(prompt_checkpoint)
         x, y = w // 3, h // 3

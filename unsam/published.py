@@ -303,7 +303,7 @@ def run_maskcut(feats: torch.Tensor, cfg, image_hw: tuple[int, int], divide_size
     return write_maskcut_masks(grids, divide_size, *image_hw)
 
 
-_RTOL = 1e-9  # the divide's documented tie tolerance (unsam.divide.TIE_RTOL)
+_RTOL = 1e-9  # the divide's documented tie tolerance (unsam.label.divide.TIE_RTOL)
 
 
 def _first_max(v: np.ndarray) -> int:
@@ -337,10 +337,10 @@ def _ncut(a: np.ndarray, inside: np.ndarray) -> float:
 
 
 def divide_regions(feats: torch.Tensor, dcfg, sign=None) -> list[dict]:
-    """This project's divide (``unsam.divide``, rule "uncovered" or "published") with MaskCut's
+    """This project's divide (``unsam.label.divide``, rule "uncovered" or "published") with MaskCut's
     published cost per cut: features of covered patches zeroed, a dense float32 affinity, the
     dense generalized solver. Background parts and recursive cuts (on the region's rows and
-    columns of the image's graph) as in ``unsam.divide``. feats [gh, gw, C] ->
+    columns of the image's graph) as in ``unsam.label.divide``. feats [gh, gw, C] ->
     ``{"mask", "ncut", "lam", "depth", "parent"}`` per region, in the order found."""
     gh, gw, c = feats.shape
     n = gh * gw
@@ -432,10 +432,10 @@ def divide_regions(feats: torch.Tensor, dcfg, sign=None) -> list[dict]:
 
 def _bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """One grid mask upsampled to height x width, threshold 0.5, by the preset's bilinear rule
-    (``unsam.masks.interp_matrix``: align_corners=False, edges clamped), over the whole mask.
+    (``unsam.label.masks.interp_matrix``: align_corners=False, edges clamped), over the whole mask.
     (Pixels exactly between two patches are exactly 0.5 there; ``F.interpolate`` rounds its
     weights differently and would split such ties its own way.)"""
-    from unsam.masks import interp_matrix
+    from unsam.label.masks import interp_matrix
 
     return (interp_matrix(height, grid.shape[0]) @ grid.astype(np.float32) @ interp_matrix(width, grid.shape[1]).T) > 0.5
 
@@ -491,7 +491,7 @@ def run_unsam(
     """
     import time as _time
 
-    from unsam.conquer import crop_resize
+    from unsam.label.conquer import crop_resize
 
     times = {} if times is None else times
     _, h, w = image.shape

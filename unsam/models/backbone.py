@@ -1,7 +1,7 @@
-"""Shared trunk of the trainable models: a timm ViT (``unsam.features.BACKBONES``) and a light pixel decoder.
+"""Shared trunk of the trainable models: a timm ViT (``unsam.label.features.BACKBONES``) and a light pixel decoder.
 
 The ViT is created and loaded exactly as the labeler's feature extractor does
-(``unsam.features``: timm DINO / DINOv2 weights when available, a local
+(``unsam.label.features``: timm DINO / DINOv2 weights when available, a local
 ``checkpoint`` otherwise, the seeded tiny ``vit_tiny_test`` for tests), but it
 is trained here, and we take whole token maps of several blocks instead of the
 last block's keys.
@@ -80,7 +80,7 @@ class ViTBackbone(nn.Module):
     """A registered timm ViT returning token maps of several blocks.
 
     Args:
-        name: a ViT key of ``unsam.features.BACKBONES`` (``dino_vitb8``, ``vit_tiny_test``, ...).
+        name: a ViT key of ``unsam.label.features.BACKBONES`` (``dino_vitb8``, ``vit_tiny_test``, ...).
         pretrained: load timm's pretrained (DINO) weights, from the cache or the hub.
         checkpoint: local weights file (takes precedence over ``pretrained``).
         out_indices: blocks whose outputs are returned (default: 4 evenly spaced, the last included).
@@ -99,7 +99,7 @@ class ViTBackbone(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        from unsam.features import (
+        from unsam.label.features import (
             BACKBONES,
             IMAGENET_MEAN,
             IMAGENET_STD,

@@ -60,7 +60,7 @@ class MaskFormer(nn.Module):
     """Query-based class-agnostic mask predictor.
 
     Args:
-        backbone: ViT name from ``unsam.features.BACKBONES``.
+        backbone: ViT name from ``unsam.label.features.BACKBONES``.
         pretrained: load the backbone's pretrained (DINO) weights.
         checkpoint: local backbone weights (instead of ``pretrained``).
         out_indices: ViT blocks fed to the pixel decoder (default 4 evenly spaced).

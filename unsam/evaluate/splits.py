@@ -24,9 +24,9 @@ Which data chose which default (the ``classic`` backbone; each number is in
 the comment beside the setting):
 
 - COCO-mini, first 20 images (all in the tuning half), AR@1000: the atom
-  scales and the atom birth / fill terms (``unsam.atoms``), feature weight 0
-  for classic atom merging (``unsam.features``), no patch-grid conquer for
-  classic and no clipping to parents (``unsam.pipeline``).
+  scales and the atom birth / fill terms (``unsam.label.atoms``), feature weight 0
+  for classic atom merging (``unsam.label.features``), no patch-grid conquer for
+  classic and no clipping to parents (``unsam.label.pipeline``).
 - BSDS500 train (images 1-20, 21-70, or 60 images; covering ODS): the
   containment 0.9 of a parent, the partition levels (ladder at atom scale
   200, ratio 1.25, at most 256 regions), divide regions snapped to atoms,

@@ -37,7 +37,7 @@ complete partition and the cuts nest exactly; the other dendrogram nodes keep
 the recall.
 
 Tuned with ``classic`` on the first 20 COCO-mini images, all in the tuning half of
-``unsam.splits`` (AR@1000): 3 scales
+``unsam.evaluate.splits`` (AR@1000): 3 scales
 (50, 100, 200) 0.245 -> 4 scales (100 ... 800) 0.261; atoms born at the
 ceiling rather than at 1: 0.230 -> 0.244; the fill term: 0.210 -> 0.232 in an
 early prototype.
@@ -54,7 +54,7 @@ import torch
 from scipy import ndimage
 
 from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph
-from unsam.masks import MaskItem
+from unsam.label.masks import MaskItem
 
 __all__ = [
     "AtomConfig",
@@ -118,7 +118,7 @@ _LAB_RANGE = ((0.0, 100.0), (-80.0, 80.0), (-80.0, 80.0))
 
 def lab_bins(image: np.ndarray, bins: int) -> np.ndarray:
     """Histogram bin of every pixel in each CIE Lab channel: [H, W, 3] uint8 -> int64 [3, H * W]."""
-    from unsam.features import rgb_to_lab
+    from unsam.label.features import rgb_to_lab
 
     t = torch.from_numpy(np.array(image, np.float32)).permute(2, 0, 1)[None] / 255.0
     lab = rgb_to_lab(t)[0].reshape(3, -1).numpy()

@@ -6,7 +6,7 @@
 Each image gets ``DIR/<relative path>.json`` (written atomically); rerunning the
 same command resumes (finished images are skipped). ``DIR/config.yaml`` holds
 the resolved configuration, ``DIR/summary.json`` the run's summary.
-The library holds every default (``unsam.pipeline.LabelConfig``); the CLI and
+The library holds every default (``unsam.label.pipeline.LabelConfig``); the CLI and
 ``--config FILE.yaml`` only override them.
 """
 
@@ -33,7 +33,7 @@ from unsam.io import (
     read_label_json,
     write_json_atomic,
 )
-from unsam.pipeline import PRESETS, LabelConfig, default_preset, label_config
+from unsam.label.pipeline import PRESETS, LabelConfig, default_preset, label_config
 
 log = logging.getLogger("unsam.label")
 
@@ -203,7 +203,7 @@ def _run(args, device, rank: int, world: int, dist) -> int:
     except OSError as e:
         print(f"error: output folder {out_dir} is not writable: {e}", file=sys.stderr)
         return 2
-    from unsam.pipeline import Labeler
+    from unsam.label.pipeline import Labeler
 
     cpu_workers = args.cpu_workers
     if cpu_workers is None:
@@ -298,7 +298,7 @@ def _label_all(args, labeler, device, paths, root, out_dir, rank: int, world: in
             try:
                 write_json_atomic(out, record)
                 if args.save_vis:
-                    from unsam.vis import save_overlay
+                    from unsam.label.vis import save_overlay
 
                     save_overlay(it["image"].numpy(), anns, out_dir / "vis" / rel.with_suffix(".jpg"))
             except OSError as e:

@@ -1,10 +1,10 @@
 """The labeling pipeline: features -> divide -> conquer -> atoms -> masks, composed by presets.
 
 Each stage is a module with one entry point and its own settings:
-:mod:`unsam.features` (``build_extractor``), :mod:`unsam.divide`
-(``divide_images``, :class:`DivideConfig`), :mod:`unsam.conquer`
-(``conquer_batch``, :class:`ConquerConfig`), :mod:`unsam.atoms` (``atom_masks``,
-:class:`AtomConfig`) and :mod:`unsam.masks` (``mask_stage``, :class:`MaskConfig`;
+:mod:`unsam.label.features` (``build_extractor``), :mod:`unsam.label.divide`
+(``divide_images``, :class:`DivideConfig`), :mod:`unsam.label.conquer`
+(``conquer_batch``, :class:`ConquerConfig`), :mod:`unsam.label.atoms` (``atom_masks``,
+:class:`AtomConfig`) and :mod:`unsam.label.masks` (``mask_stage``, :class:`MaskConfig`;
 it writes the annotation records). :class:`LabelConfig` holds every default
 once (the CLI only overrides it); a **preset** (a small YAML in
 ``unsam/presets/``) sets the stages for one algorithm:
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unsam.atoms import AtomConfig, atom_masks, check_atom_config
-from unsam.conquer import ConquerConfig, conquer_batch
-from unsam.divide import DivideConfig, check_divide_config, divide_images
-from unsam.masks import MaskConfig, MaskItem, check_mask_config, mask_stage, working_size
+from unsam.label.atoms import AtomConfig, atom_masks, check_atom_config
+from unsam.label.conquer import ConquerConfig, conquer_batch
+from unsam.label.divide import DivideConfig, check_divide_config, divide_images
+from unsam.label.masks import MaskConfig, MaskItem, check_mask_config, mask_stage, working_size
 
 __all__ = [
     "PRESETS",
@@ -113,7 +113,7 @@ def default_preset(backbone: str) -> str:
     ``classic`` features (measured: the atoms and the ladder are what make its labels
     beat FH, README "Quality"), ``unsam`` for ViT backbones (the published algorithm;
     no DINO weights here to measure whether the extra stages help them)."""
-    from unsam.features import BACKBONES
+    from unsam.label.features import BACKBONES
 
     spec = BACKBONES.get(backbone)
     return "full" if spec is not None and spec.family == "classic" else "unsam"
@@ -217,7 +217,7 @@ class Labeler:
         cpu_workers: int = 0,
         preset: str | None = None,
     ):
-        from unsam.features import BACKBONES, build_extractor
+        from unsam.label.features import BACKBONES, build_extractor
 
         if cfg is None:
             cfg = label_config(preset=preset)

@@ -655,11 +655,11 @@ def mask_stage(
         first = nms_from_intersections(pairwise_intersections(items, h, w), np.array([m.score for m in items]), cfg.nms_iou)
         items = [items[i] for i in first]
         if refine == "edge":
-            from unsam.refine import refine_masks
+            from unsam.label.refine import refine_masks
 
             items = refine_masks(image, items, work_hw=(h, w))
         else:
-            from unsam.superpixels import snap_masks
+            from unsam.label.superpixels import snap_masks
 
             items = snap_masks(image, items, work_hw=(h, w))
         items = [m for m in items if m.area >= min_area]

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unsam.masks import MaskItem
+from unsam.label.masks import MaskItem
 
 
 def _rgb_to_lab(image: np.ndarray) -> torch.Tensor:
-    from unsam.features import rgb_to_lab
+    from unsam.label.features import rgb_to_lab
 
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255.0
     return rgb_to_lab(t)[0]  # [3, H, W]

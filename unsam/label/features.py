@@ -170,7 +170,7 @@ class PatchFeatures(nn.Module):
         if not images.is_floating_point():
             raise ValueError(
                 f"images should be float RGB in [0, 1], got dtype {images.dtype} "
-                "(use unsam.features.extract() for uint8 images)"
+                "(use unsam.label.features.extract() for uint8 images)"
             )
         b, _, height, width = images.shape
         p = self.patch_size
