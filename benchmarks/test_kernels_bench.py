@@ -23,13 +23,12 @@ import scipy.sparse.linalg
 import torch
 
 from benchmarks._util import bench, image_patch_feats, record
+from tests.reference.kernels import fix_sign, merge_levels_reference
 from unsam.kernels import (
     affinity,
     cuda_available,
-    fix_sign,
     lanczos_fiedler,
     merge_levels,
-    merge_levels_reference,
     unpack_bits,
 )
 
@@ -176,8 +175,9 @@ def test_atoms_graph_segment_vs_skimage_and_merge_graph_vs_reference():
     skimage_seg = pytest.importorskip("skimage.segmentation")
     from scipy import ndimage
 
+    from tests.reference.kernels import merge_graph_reference
+    from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph
     from unsam.label.atoms import AtomConfig, colour_histograms
-    from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph, merge_graph_reference
 
     img = _bsds_image(0)
     scales = list(AtomConfig().scales)
@@ -303,7 +303,7 @@ def test_gpu_mask_overlaps_vs_cpu():
     import pickle
 
     from benchmarks.test_pipeline_bench import _images, _mask_stage_inputs
-    from unsam.label.pipeline import Labeler, label_config
+    from unsam.label import Labeler, label_config
 
     images = _images("bsds500/images/val", 5)
     lab = Labeler(label_config({"backbone": "classic"}, preset="full"))

@@ -41,7 +41,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks._util import DATA, RESULTS, machine
-from unsam.evaluate.splits import COCO_MINI_EVAL_IDS, bsds_gt_dir, bsds_images, coco_mini_gt, coco_mini_images
+from unsam.evaluate.splits import (
+    COCO_MINI_EVAL_IDS,
+    bsds_gt_dir,
+    bsds_images,
+    coco_mini_gt,
+    coco_mini_images,
+)
 
 pytestmark = pytest.mark.benchmark
 
@@ -64,7 +70,7 @@ def _limit() -> int | None:
 def _labeler(method: str):
     """A function: uint8 [H, W, 3] RGB -> annotation list."""
     if method.startswith("unsam"):
-        from unsam.label.pipeline import LabelConfig, Labeler
+        from unsam.label import LabelConfig, Labeler
 
         refine = method.split("+")[1] if "+" in method else "none"
         lab = Labeler(LabelConfig(backbone="classic", refine=refine))

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from conftest import structured_feats
-from unsam.kernels import affinity, affinity_reference, dense_affinity, unpack_bits
+from tests.reference.kernels import affinity_reference
+from unsam.kernels import affinity, dense_affinity, unpack_bits
 
 
 class TestAffinity:

@@ -8,14 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from tests.reference.kernels import graph_segment_reference, merge_graph_reference
+from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph
 from unsam.label.atoms import AtomConfig, atom_masks, colour_histograms
-from unsam.kernels.segment import (
-    adjacent_pairs,
-    graph_segment,
-    graph_segment_reference,
-    merge_graph,
-    merge_graph_reference,
-)
 
 
 def _boxes(labels):
@@ -234,7 +229,7 @@ def test_graph_segment_equals_scikit_image_on_a_photo():
 
 def test_snap_to_atoms_takes_atoms_covered_by_more_than_half():
     from unsam.label.atoms import snap_to_atoms
-    from unsam.label.masks import MaskItem
+    from unsam.label.items import MaskItem
 
     atoms = np.zeros((10, 12), np.int64)
     atoms[:, 4:8] = 1

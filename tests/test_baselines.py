@@ -10,6 +10,7 @@ from PIL import Image
 
 pytest.importorskip("skimage", reason="the baselines need scikit-image (the 'eval' extra)")
 
+from unsam.evaluate import level_partitions
 from unsam.evaluate.baselines import (
     FHConfig,
     SLICConfig,
@@ -19,7 +20,6 @@ from unsam.evaluate.baselines import (
     merge_by_colour,
     nest_partitions,
 )
-from unsam.evaluate import level_partitions
 from unsam.io import rle_to_mask, validate_label_json
 
 

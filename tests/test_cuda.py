@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from conftest import grid_feats, structured_feats
-from unsam.kernels import affinity, lanczos_fiedler, merge_levels, ncut_fiedler, unpack_bits
+from unsam.kernels import (
+    affinity,
+    lanczos_fiedler,
+    merge_levels,
+    ncut_fiedler,
+    unpack_bits,
+)
 
 pytestmark = pytest.mark.cuda
 

@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 
 from unsam.evaluate import level_partitions
 from unsam.io import load_image
-from unsam.label.pipeline import Labeler, label_config
+from unsam.label import Labeler, label_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "examples" / "images"

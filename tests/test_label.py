@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from unsam.label import main
-from unsam.label.pipeline import LabelConfig, Labeler, config_from_dict
+from unsam.label import LabelConfig, Labeler, config_from_dict, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "examples" / "images"
@@ -320,7 +319,7 @@ def test_cpu_workers_give_the_same_labels_and_overlap_batches(labeled, tmp_path)
 def test_an_image_failing_in_the_cpu_stages_is_skipped_with_its_reason(tmp_path, monkeypatch):
     from unsam.label import pipeline
 
-    real = pipeline.Labeler._tail
+    real = pipeline.ImageStages.__call__
 
     def tail(self, im, items, snap, feats_i, work_hw, times):
         if im.shape[0] == 240:  # exactly one of the samples is 240 high
@@ -329,7 +328,7 @@ def test_an_image_failing_in_the_cpu_stages_is_skipped_with_its_reason(tmp_path,
 
     heights = [Image.open(p).size[1] for p in sorted(SAMPLES.glob("*.jpg"))]
     assert heights.count(240) == 1
-    monkeypatch.setattr(pipeline.Labeler, "_tail", tail)
+    monkeypatch.setattr(pipeline.ImageStages, "__call__", tail)
     out = tmp_path / "out"
     assert main(["--input", str(SAMPLES), "--output", str(out), *FAST, "--max-cuts", "1", "--batch-size", "3"]) == 0
     s = json.loads((out / "summary.json").read_text())

@@ -1,4 +1,4 @@
-"""The mask stage's compiled ops against the Python implementations they replace (the oracle)."""
+"""The mask stage's compiled ops against their Python references (tests/reference/maskops.py, the oracle)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,24 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from unsam.label import masks as M
-from unsam.kernels.maskops import mask_nms, mask_overlaps, mask_overlaps_upper, mask_parents, mask_rle
+from tests.reference.maskops import (
+    ReferenceMaskOps,
+    cell_overlaps,
+    nms_from_intersections_reference,
+    parents_from_intersections_reference,
+    upscale_crop,
+)
+from unsam.kernels.maskops import (
+    mask_nms,
+    mask_overlaps,
+    mask_overlaps_upper,
+    mask_parents,
+    mask_rle,
+)
+from unsam.label.items import MaskItem
 
 
-def _random_items(rng: np.random.Generator, k: int, h: int, w: int, nested: bool = True) -> list[M.MaskItem]:
+def _random_items(rng: np.random.Generator, k: int, h: int, w: int, nested: bool = True) -> list[MaskItem]:
     """Blobs, some nested in others, some sharing borders, some touching the image edges."""
     items = []
     yy, xx = np.mgrid[0:h, 0:w]
@@ -28,7 +41,7 @@ def _random_items(rng: np.random.Generator, k: int, h: int, w: int, nested: bool
         m &= rng.random((h, w)) > 0.05 * rng.random()  # ragged borders and holes
         if rng.random() < 0.1:
             m = np.ones((h, w), bool)  # the whole image
-        item = M.MaskItem((0, 0, w, h), m, float(rng.random()), "atoms")
+        item = MaskItem((0, 0, w, h), m, float(rng.random()), "atoms")
         if item.tighten() is not None:
             items.append(item)
     return items
@@ -41,11 +54,7 @@ class TestMaskOps:
         items = _random_items(rng, 60, h, w)
         sparse = mask_overlaps([m.box for m in items], [m.crop for m in items], h, w)
         got = sparse.toarray()
-        M.COMPILED = False
-        try:
-            ref = M.Overlaps(items, h, w).inter
-        finally:
-            M.COMPILED = True
+        ref = cell_overlaps(items, h, w)
         assert got.dtype == np.int64 and np.array_equal(got, ref)
         # Brute force on full masks for the diagonal and a few pairs.
         full = []
@@ -60,10 +69,10 @@ class TestMaskOps:
         prot = rng.random(len(items)) < 0.1
         assert sparse.nnz == np.count_nonzero(ref)  # only the overlapping pairs are stored
         for iou in (0.3, 0.9):
-            assert mask_nms(sparse, scores, iou, prot) == M.nms_from_intersections_reference(ref, scores, iou, prot)
-            assert mask_nms(got, scores, iou) == M.nms_from_intersections_reference(ref, scores, iou)
+            assert mask_nms(sparse, scores, iou, prot) == nms_from_intersections_reference(ref, scores, iou, prot)
+            assert mask_nms(got, scores, iou) == nms_from_intersections_reference(ref, scores, iou)
         for contain in (0.5, 0.9, 1.0):
-            assert mask_parents(got, contain) == M.parents_from_intersections_reference(ref, contain)
+            assert mask_parents(got, contain) == parents_from_intersections_reference(ref, contain)
 
     @pytest.mark.parametrize("seed", [0, 1])
     def test_the_upper_triangle_reads_as_the_whole_matrix(self, seed):
@@ -72,7 +81,7 @@ class TestMaskOps:
         rng = np.random.default_rng(seed)
         h, w = 64, 80
         items = _random_items(rng, 70, h, w)
-        items.append(M.MaskItem((3, 2, 3, 6), np.zeros((4, 0), bool), 0.5, "atoms"))  # empty: no diagonal entry
+        items.append(MaskItem((3, 2, 3, 6), np.zeros((4, 0), bool), 0.5, "atoms"))  # empty: no diagonal entry
         upper = mask_overlaps_upper([m.box for m in items], [m.crop for m in items], h, w)
         ref = mask_overlaps([m.box for m in items], [m.crop for m in items], h, w).toarray()
         ind, ip = upper.indices.numpy(), upper.indptr.numpy()
@@ -93,7 +102,7 @@ class TestMaskOps:
         scores = rng.random(len(items))
         prot = rng.random(len(items)) < 0.1
         for iou in (0.2, 0.5, 0.9):
-            assert mask_nms(upper, scores, iou, prot) == M.nms_from_intersections_reference(ref, scores, iou, prot)
+            assert mask_nms(upper, scores, iou, prot) == nms_from_intersections_reference(ref, scores, iou, prot)
 
     @pytest.mark.parametrize("seed,work,full", [(0, (40, 60), (40, 60)), (1, (40, 60), (97, 145)), (2, (33, 17), (100, 51)),
                                                 (3, (1, 30), (3, 91)), (4, (64, 64), (64, 64))])
@@ -103,13 +112,13 @@ class TestMaskOps:
         # Masks touching the last pixel and covering whole columns: the runs' corner cases.
         last = np.zeros(work, bool)
         last[:, -2:] = True
-        items.append(M.MaskItem((0, 0, work[1], work[0]), last, 1.0, "atoms").tighten())
+        items.append(MaskItem((0, 0, work[1], work[0]), last, 1.0, "atoms").tighten())
         strings, areas, bboxes = mask_rle([m.box for m in items], [m.crop for m in items], work, *full)
         h, w = full
         for m, s, a, b in zip(items, strings, areas, bboxes):
             crop, box = m.crop, m.box
             if work != full:
-                crop, box = M.upscale_crop(crop, box, w / work[1], h / work[0], h, w)
+                crop, box = upscale_crop(crop, box, w / work[1], h / work[0], h, w)
             big = np.zeros((h, w), np.uint8)
             big[box[1] : box[3], box[0] : box[2]] = crop
             enc = mask_utils.encode(np.asfortranarray(big))
@@ -143,7 +152,7 @@ def test_cuda_mask_ops_match_the_cpu_ops(seed, h, w):
     """The CUDA backends give the CPU ops' arrays exactly (integers; the same float64 tests)."""
     rng = np.random.default_rng(seed)
     items = _random_items(rng, 80 if h * w < 100_000 else 300, h, w)
-    items.append(M.MaskItem((2, 0, 2, 1), np.zeros((1, 0), bool), 0.5, "atoms"))  # an empty box
+    items.append(MaskItem((2, 0, 2, 1), np.zeros((1, 0), bool), 0.5, "atoms"))  # an empty box
     boxes = torch.tensor([m.box for m in items], dtype=torch.int64)
     crops = [torch.from_numpy(np.ascontiguousarray(m.crop)) for m in items]
     ops = torch.ops.unsam
@@ -170,23 +179,21 @@ def test_cuda_mask_ops_match_the_cpu_ops(seed, h, w):
         ops.mask_overlaps(boxes.cuda(), crops, h, w)  # crops left on the CPU
 
 
-def test_the_stage_writes_the_same_json_with_and_without_the_compiled_ops(data_dir):
+def test_the_stage_writes_the_same_json_with_the_compiled_and_the_reference_ops(data_dir):
     """Byte for byte, on a real BSDS500 image and a full-size SA-1B image (masks formed at
-    1024 px, written at 2250 x 1500)."""
+    1024 px, written at 2250 x 1500): the labeler with its default backend and with the
+    Python reference backend given explicitly."""
     from unsam.io import load_image
-    from unsam.label.pipeline import Labeler, label_config
+    from unsam.label import Labeler, label_config
 
     imgs = [load_image(sorted((data_dir / "bsds500" / "images" / "val").glob("*.jpg"))[0])]
     sa1b = sorted((data_dir / "sa1b-samples").glob("*.jpg"))
     if sa1b:
         imgs.append(load_image(sa1b[0]))
     lab = Labeler(label_config({"backbone": "classic"}, preset="full"))
+    ref = Labeler(label_config({"backbone": "classic"}, preset="full"), mask_ops=ReferenceMaskOps())
     for im in imgs:
         fast = lab.label_batch([im])[0]
-        M.COMPILED = False
-        try:
-            slow = lab.label_batch([im])[0]
-        finally:
-            M.COMPILED = True
+        slow = ref.label_batch([im])[0]
         assert len(fast) > 100
         assert json.dumps(fast) == json.dumps(slow)

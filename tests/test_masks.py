@@ -4,20 +4,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from unsam.label.conquer import clusters_from_labels, crop_resize
-from unsam.label.masks import (
-    MaskItem,
-    Overlaps,
-    _clip_to,
+from tests.reference.maskops import (
     build_hierarchy,
     crop_to_rle,
     intersection,
-    mask_nms,
+    mask_nms_items,
+    upscale_crop,
+)
+from unsam.label.conquer import clusters_from_labels, crop_resize
+from unsam.label.items import MaskItem
+from unsam.label.masks import (
+    Overlaps,
     nms_from_intersections,
     pairwise_intersections,
     parents_from_intersections,
-    upscale_crop,
 )
+from unsam.label.masks.hierarchy import _clip_to
 
 
 @settings(max_examples=200, deadline=None)
@@ -93,7 +95,7 @@ def test_overlaps_update_after_clipping_and_after_any_change():
     items[4].crop = ~items[4].crop
     items[4].crop[0, 0] = True
     ov.update([4])
-    ref = np.array([[intersection(a, b) for b in items] for a in items])  # not a union of the old cells: rebuilt from scratch
+    ref = np.array([[intersection(a, b) for b in items] for a in items])
     assert np.array_equal(ov.inter, ref)
     sub = ov.subset([4, 2, 0])
     assert np.array_equal(sub.inter, ref[np.ix_([4, 2, 0], [4, 2, 0])])
@@ -104,7 +106,7 @@ def test_vectorised_nms_and_parents_match_the_pairwise_versions():
         items = _items(seed)
         inter = pairwise_intersections(items, 40, 50)
         scores = np.array([m.score for m in items])
-        assert nms_from_intersections(inter, scores, 0.9) == mask_nms(items, 0.9)
+        assert nms_from_intersections(inter, scores, 0.9) == mask_nms_items(items, 0.9)
         parents, _ = build_hierarchy(items, 0.9, clip=False)
         assert parents_from_intersections(inter, 0.9) == parents
 

@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 
 from benchmarks._util import part_feats
 from conftest import grid_feats
-from unsam.kernels import DEFAULT_THRESHOLDS, merge_levels, merge_levels_reference
+from tests.reference.kernels import merge_levels_reference
+from unsam.kernels import DEFAULT_THRESHOLDS, merge_levels
 
 
 def _blob(h, w, seed):

@@ -29,7 +29,7 @@ from scipy.optimize import linear_sum_assignment
 
 from unsam import published
 from unsam.io import load_image
-from unsam.label.pipeline import Labeler, label_config
+from unsam.label import Labeler, label_config
 
 
 @pytest.fixture(scope="module")

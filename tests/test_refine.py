@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unsam.label.masks import MaskItem
+from unsam.label.items import MaskItem
 from unsam.label.refine import guided_filter, refine_masks
 from unsam.label.superpixels import slic, snap_masks
 

@@ -10,8 +10,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from unsam.evaluate.points import centre_point, evaluate_points
-from unsam.train.fuse import fuse_image
-from unsam.train.fuse import main as fuse_main
 from unsam.io import (
     annotation_record,
     image_record,
@@ -20,6 +18,8 @@ from unsam.io import (
     rle_to_mask,
     write_json_atomic,
 )
+from unsam.train.fuse import fuse_image
+from unsam.train.fuse import main as fuse_main
 from unsam.train.selftrain import SelfTrainConfig, merge_round
 from unsam.train.selftrain import main as selftrain_main
 

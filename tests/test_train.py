@@ -12,11 +12,19 @@ import torch
 import yaml
 
 from unsam.io import read_label_json
-from unsam.train import CONFIG_DIR, ConfigError, TrainConfig, Trainer, config_from_dict, load_config, main
+from unsam.train import (
+    CONFIG_DIR,
+    ConfigError,
+    TrainConfig,
+    Trainer,
+    config_from_dict,
+    load_config,
+    main,
+)
 from unsam.train.config import validate
+from unsam.train.data import load_records
 from unsam.train.optim import lr_factor
 from unsam.train.validate import coco_mask_ar, gt_coco_from_records
-from unsam.train.data import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "examples" / "images"

@@ -59,7 +59,8 @@ from unsam.io import (
 )
 from unsam.kernels.segment import adjacent_pairs
 from unsam.label.atoms import compact_labels, nest_partitions
-from unsam.label.masks import MaskItem, to_annotations
+from unsam.label.items import MaskItem
+from unsam.label.masks import to_annotations
 
 __all__ = [
     "METHODS",

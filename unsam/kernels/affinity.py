@@ -8,7 +8,7 @@ from unsam.kernels._ext import check_device, check_finite, load, ops
 
 load()  # registers torch.ops.unsam.* before the fake kernels below
 
-__all__ = ["affinity", "affinity_reference", "unpack_bits", "dense_affinity"]
+__all__ = ["affinity", "unpack_bits", "dense_affinity"]
 
 
 def _as_batched(feats: torch.Tensor, valid: torch.Tensor | None, op: str):
@@ -78,22 +78,6 @@ def dense_affinity(bits: torch.Tensor, deg: torch.Tensor, eps: float = 1e-5) -> 
     n = deg.shape[-1]
     b = unpack_bits(bits, n).double()
     return (1.0 - eps) * b + eps
-
-
-def affinity_reference(
-    feats: torch.Tensor, tau: float = 0.15, eps: float = 1e-5, valid: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense pure-torch reference (MaskCut's own construction): bool B [B, N, N], deg [B, N]."""
-    feats, valid, single = _as_batched(feats, valid, "affinity_reference")
-    f = torch.nn.functional.normalize(feats.float(), p=2, dim=-1)
-    if valid is not None:
-        f = f * valid.unsqueeze(-1).float()
-    s = f @ f.transpose(-1, -2)
-    b = s > tau
-    deg = b.double().sum(-1) * (1.0 - eps) + eps * feats.shape[1]
-    if single:
-        return b[0], deg[0]
-    return b, deg
 
 
 @torch.library.register_fake("unsam::affinity")

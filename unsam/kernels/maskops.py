@@ -1,8 +1,8 @@
 """The mask stage's compiled ops (``torch.ops.unsam.mask_*``): exact overlaps, NMS, parents, RLE.
 
-Host ops on one image's masks, each a (box, crop) pair (see :class:`unsam.label.masks.MaskItem`).
-The Python implementations they replace stay in :mod:`unsam.label.masks` as the references
-(``*_reference``) and the tests' oracle: the outputs are the same, to the byte.
+Host ops on one image's masks, each a (box, crop) pair: ``box`` (x0, y0, x1, y1), x1/y1
+exclusive, and ``crop`` the bool mask inside it. Their Python references
+(``tests/reference/maskops.py``) are the tests' oracle: the outputs are the same, to the byte.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def mask_overlaps(boxes: Sequence[Sequence[int]], crops: Sequence[np.ndarray | t
 
     boxes: K (x0, y0, x1, y1), x1/y1 exclusive; crops: K bool arrays (numpy, or CPU tensors)
     of the boxes' shapes.
-    Exact: computed on cells (pixels covered by the same masks), as :class:`unsam.label.masks.Overlaps`.
+    Exact: computed on cells (pixels covered by the same masks), as ``tests/reference/maskops.cell_overlaps``.
     """
     import scipy.sparse
 
@@ -106,7 +106,7 @@ def mask_overlaps(boxes: Sequence[Sequence[int]], crops: Sequence[np.ndarray | t
 
 def mask_nms(inter, scores: np.ndarray, iou: float = 0.9, protected: np.ndarray | None = None) -> list[int]:
     """Greedy NMS on an intersection matrix: dense [K, K], scipy sparse or
-    :class:`UpperOverlaps` (see :func:`unsam.label.masks.nms_from_intersections_reference`)."""
+    :class:`UpperOverlaps` (protected first, then score, area and index; ``tests/reference/maskops.py``)."""
     p = None if protected is None else torch.from_numpy(np.asarray(protected, bool))
     s = torch.from_numpy(np.ascontiguousarray(scores, np.float64))
     if isinstance(inter, UpperOverlaps):
@@ -124,7 +124,7 @@ def mask_nms(inter, scores: np.ndarray, iou: float = 0.9, protected: np.ndarray 
 
 
 def mask_parents(inter: np.ndarray, contain: float = 0.9) -> list[int]:
-    """Smallest strictly larger container (see :func:`unsam.label.masks.parents_from_intersections_reference`)."""
+    """Smallest strictly larger container (lowest index among equal areas; -1: none)."""
     return ops().mask_parents(torch.from_numpy(np.ascontiguousarray(inter, np.int64)), float(contain)).tolist()
 
 
@@ -137,7 +137,7 @@ def mask_rle(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """COCO compressed RLE strings, areas and bboxes of masks at the working resolution
     ``work_hw``, brought to height x width by nearest neighbour (as
-    :func:`unsam.label.masks.upscale_crop`) without forming any full-size mask."""
+    ``tests/reference/maskops.upscale_crop``) without forming any full-size mask."""
     b, c = _boxes_crops(boxes, crops)
     chars, offsets, area, bbox = ops().mask_rle(b, c, int(work_hw[0]), int(work_hw[1]), int(height), int(width))
     text = chars.numpy().tobytes().decode("ascii")

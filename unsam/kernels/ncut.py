@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from unsam.kernels._ext import check_device, check_finite, load, ops
-from unsam.kernels.affinity import affinity, dense_affinity
+from unsam.kernels.affinity import affinity
 
 load()
 
-__all__ = ["lanczos_fiedler", "ncut_fiedler", "fiedler_reference", "fix_sign"]
+__all__ = ["lanczos_fiedler", "ncut_fiedler"]
 
 #: Default residual tolerance |M y - theta y| of the Ritz pair (|y| = 1).
 DEFAULT_TOL = 1e-6
@@ -81,25 +80,6 @@ def ncut_fiedler(
     bits, deg = affinity(feats, tau=tau, eps=eps, valid=valid)
     x, lam, _ = lanczos_fiedler(bits, deg, eps=eps, tol=tol, max_iter=max_iter, x0=x0)
     return x, lam
-
-
-def fix_sign(x: np.ndarray) -> np.ndarray:
-    """The documented sign rule: the entry of largest |x| (first index) is positive."""
-    i = int(np.argmax(np.abs(x)))
-    return -x if x[i] < 0 else x
-
-
-def fiedler_reference(bits: torch.Tensor, deg: torch.Tensor, eps: float = 1e-5) -> tuple[np.ndarray, float]:
-    """The published way: dense generalized eigh of (D - A, D) on the exact graph (O(N^3)).
-
-    bits [N, W], deg [N] -> (x [N] with x^T D x = 1 and the sign rule, lam_2).
-    """
-    import scipy.linalg
-
-    a = dense_affinity(bits, deg, eps).numpy()
-    d = np.diag(a.sum(1))
-    vals, vecs = scipy.linalg.eigh(d - a, d, subset_by_index=[1, 1])
-    return fix_sign(vecs[:, 0]), float(vals[0])
 
 
 @torch.library.register_fake("unsam::lanczos_fiedler")

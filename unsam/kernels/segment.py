@@ -20,9 +20,7 @@ load()
 __all__ = [
     "adjacent_pairs",
     "graph_segment",
-    "graph_segment_reference",
     "merge_graph",
-    "merge_graph_reference",
 ]
 
 
@@ -158,108 +156,3 @@ def adjacent_pairs(labels: np.ndarray) -> np.ndarray:
     return np.stack([key // max(n, 1), key % max(n, 1)], 1).astype(np.int64)
 
 
-# ----------------------------------------------------------------------- references
-
-
-def graph_segment_reference(image, k: float, min_size: int = 20) -> np.ndarray:
-    """The FH recursion written out in Python, without smoothing (slow; tests only).
-
-    Same edge set, order and union rule as the kernel: [H, W(, C)] -> labels [H, W].
-    """
-    a = np.asarray(image, np.float32)
-    if a.ndim == 2:
-        a = a[..., None]
-    h, w, _ = a.shape
-    edges = []
-    for y in range(h):
-        for x in range(w):
-            p = y * w + x
-            for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-                yy, xx = y + dy, x + dx
-                if 0 <= yy < h and 0 <= xx < w:
-                    d = a[y, x].astype(np.float64) - a[yy, xx].astype(np.float64)
-                    edges.append((np.float32(np.sqrt((d * d).sum())), len(edges), p, yy * w + xx))
-    edges.sort(key=lambda e: (e[0], e[1]))
-    n = h * w
-    parent = list(range(n))
-    size = [1] * n
-    thresh = [float(k)] * n
-
-    def find(p):
-        while parent[p] != p:
-            p = parent[p]
-        return p
-
-    def join(x, y):
-        if size[x] < size[y]:
-            x, y = y, x
-        parent[y] = x
-        size[x] += size[y]
-        return x
-
-    for wgt, _, p, q in edges:
-        x, y = find(p), find(q)
-        if x != y and wgt <= thresh[x] and wgt <= thresh[y]:
-            r = join(x, y)
-            thresh[r] = float(wgt) + k / size[r]
-    for _, _, p, q in edges:
-        x, y = find(p), find(q)
-        if x != y and (size[x] < min_size or size[y] < min_size):
-            join(x, y)
-    ids: dict[int, int] = {}
-    out = np.empty(n, np.int64)
-    for p in range(n):
-        out[p] = ids.setdefault(find(p), len(ids))
-    return out.reshape(h, w)
-
-
-def merge_graph_reference(hist, area, edges, feats=None, boxes=None, w_hist=1.0, w_feat=0.0, w_size=0.5, w_fill=0.0):
-    """Scan every live edge for the best pair before each merge (slow; tests only)."""
-    hist = [np.asarray(r, np.float64) for r in np.asarray(hist, np.float32)]
-    n = len(hist)
-    area = [float(x) for x in np.asarray(area, np.float64)]
-    feats = None if feats is None else [np.asarray(r, np.float64) for r in np.asarray(feats, np.float32)]
-    boxes = None if boxes is None else [tuple(int(v) for v in b) for b in np.asarray(boxes)]
-    total = sum(area)
-
-    def sim(a, b):
-        s = 0.0
-        ha, hb = hist[a].sum(), hist[b].sum()
-        if w_hist != 0 and ha > 0 and hb > 0:
-            s += w_hist * float(np.minimum(hist[a] * (1.0 / ha), hist[b] * (1.0 / hb)).sum())
-        if w_feat != 0:
-            den = float(feats[a] @ feats[a]) * float(feats[b] @ feats[b])
-            if den > 0:
-                s += w_feat * float(feats[a] @ feats[b]) / np.sqrt(den)
-        if total > 0:
-            if w_size != 0:
-                s += w_size * (1.0 - (area[a] + area[b]) / total)
-            if w_fill != 0:
-                ba, bb = boxes[a], boxes[b]
-                bw = max(ba[2], bb[2]) - min(ba[0], bb[0])
-                bh = max(ba[3], bb[3]) - min(ba[1], bb[1])
-                s += w_fill * (1.0 - (bw * bh - area[a] - area[b]) / total)
-        return s
-
-    live = {tuple(sorted((int(a), int(b)))) for a, b in np.asarray(edges).reshape(-1, 2)}
-    merges, sims = [], []
-    while live:
-        (a, b), s = max(((e, sim(*e)) for e in live), key=lambda es: (es[1], -es[0][0], -es[0][1]))
-        c = n + len(merges)
-        hist.append(hist[a] + hist[b])
-        area.append(area[a] + area[b])
-        if feats is not None:
-            feats.append(feats[a] + feats[b])
-        if boxes is not None:
-            ba, bb = boxes[a], boxes[b]
-            boxes.append((min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])))
-        merges.append((a, b))
-        sims.append(s)
-        nxt = set()
-        for x, y in live:
-            x2 = c if x in (a, b) else x
-            y2 = c if y in (a, b) else y
-            if x2 != y2:
-                nxt.add((min(x2, y2), max(x2, y2)))
-        live = nxt
-    return np.asarray(merges, np.int64).reshape(-1, 2), np.asarray(sims, np.float64)

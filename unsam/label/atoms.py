@@ -54,7 +54,7 @@ import torch
 from scipy import ndimage
 
 from unsam.kernels.segment import adjacent_pairs, graph_segment, merge_graph
-from unsam.label.masks import MaskItem
+from unsam.label.items import MaskItem
 
 __all__ = [
     "AtomConfig",

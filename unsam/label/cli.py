@@ -6,7 +6,7 @@
 Each image gets ``DIR/<relative path>.json`` (written atomically); rerunning the
 same command resumes (finished images are skipped). ``DIR/config.yaml`` holds
 the resolved configuration, ``DIR/summary.json`` the run's summary.
-The library holds every default (``unsam.label.pipeline.LabelConfig``); the CLI and
+The library holds every default (``unsam.label.config.LabelConfig``); the CLI and
 ``--config FILE.yaml`` only override them.
 """
 
@@ -33,7 +33,7 @@ from unsam.io import (
     read_label_json,
     write_json_atomic,
 )
-from unsam.label.pipeline import PRESETS, LabelConfig, default_preset, label_config
+from unsam.label.config import PRESETS, LabelConfig, default_preset, label_config
 
 log = logging.getLogger("unsam.label")
 

@@ -11,7 +11,7 @@ more than ``inside_frac`` of it lies inside its divide region.
 
 Entry point: :func:`conquer_batch` (settings: :class:`ConquerConfig`): images
 and their divide regions in, the clusters as masks
-(:class:`~unsam.label.masks.MaskItem`, source "conquer") out.
+(:class:`~unsam.label.items.MaskItem`, source "conquer") out.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from unsam.kernels import DEFAULT_THRESHOLDS, merge_levels
-from unsam.label.masks import MaskItem, interp_matrix, interp_spans
+from unsam.label.items import MaskItem, interp_matrix, interp_spans
 
 
 @dataclass

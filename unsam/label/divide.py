@@ -9,7 +9,7 @@ every large region is cut again inside its own graph (recursion), until the
 regions cover the image or the cuts stop being meaningful.
 
 Entry point: :func:`divide_images` (settings: :class:`DivideConfig`) — patch
-features in, each image's regions as pixel masks (:class:`~unsam.label.masks.MaskItem`)
+features in, each image's regions as pixel masks (:class:`~unsam.label.items.MaskItem`)
 out. :func:`divide_batch` is its first half (the regions on the patch grid).
 
 Two bipartition rules (``DivideConfig.rule``):
@@ -37,7 +37,7 @@ import torch
 
 from unsam.kernels import affinity, lanczos_fiedler
 from unsam.kernels.graph import mask_graph, pack_bits, popcount_rows, subgraph
-from unsam.label.masks import MaskItem
+from unsam.label.items import MaskItem, upsample_grid_masks
 
 _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
@@ -358,7 +358,6 @@ def region_pixels(
     at its nearest-upsampled resolution) and each mask is made at the image's size first:
     exactly MaskCut's mask when the working resolution is the image's.
     """
-    from unsam.label.masks import upsample_grid_masks
 
     h, w = work_hw
     claimed: dict[int, np.ndarray] = {}

@@ -2,21 +2,12 @@
 
 Each stage is a module with one entry point and its own settings:
 :mod:`unsam.label.features` (``build_extractor``), :mod:`unsam.label.divide`
-(``divide_images``, :class:`DivideConfig`), :mod:`unsam.label.conquer`
-(``conquer_batch``, :class:`ConquerConfig`), :mod:`unsam.label.atoms` (``atom_masks``,
-:class:`AtomConfig`) and :mod:`unsam.label.masks` (``mask_stage``, :class:`MaskConfig`;
-it writes the annotation records). :class:`LabelConfig` holds every default
-once (the CLI only overrides it); a **preset** (a small YAML in
-``unsam/presets/``) sets the stages for one algorithm:
-
-- ``maskcut`` — CutLER's MaskCut as published (ALGORITHM.md §2 steps 1-4), no conquer;
-- ``unsam`` — the paper's divide and conquer (§2 divide with this project's extra
-  cuts, §3 conquer as published, the hierarchy from the merge tree);
-- ``full`` — this project's pipeline: UnSAM plus atoms, the partition ladder and
-  divide regions snapped to atoms.
-
-Without a preset, ``classic`` features get ``full`` and ViT backbones ``unsam``
-(:func:`default_preset`). :class:`Labeler` sequences the stages.
+(``divide_images``), :mod:`unsam.label.conquer` (``conquer_batch``),
+:mod:`unsam.label.atoms` (``atom_masks``) and :mod:`unsam.label.masks`
+(``mask_stage``; it writes the annotation records). The settings and presets
+are :mod:`unsam.label.config`. :class:`Labeler` sequences the stages: the
+batched ones (features, divide, conquer) on its device, the per-image ones
+(atoms, masks) in :class:`ImageStages`, in this process or in worker processes.
 """
 
 from __future__ import annotations
@@ -24,159 +15,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unsam.label.atoms import AtomConfig, atom_masks, check_atom_config
-from unsam.label.conquer import ConquerConfig, conquer_batch
-from unsam.label.divide import DivideConfig, check_divide_config, divide_images
-from unsam.label.masks import MaskConfig, MaskItem, check_mask_config, mask_stage, working_size
+from unsam.label.atoms import atom_masks
+from unsam.label.config import (
+    LabelConfig,
+    config_from_dict,
+    label_config,
+    load_preset,
+    resolve,
+)
+from unsam.label.conquer import conquer_batch
+from unsam.label.divide import divide_images
+from unsam.label.items import MaskItem
+from unsam.label.masks import COMPILED, mask_stage, working_size
 
-__all__ = [
-    "PRESETS",
-    "LabelConfig",
-    "Labeler",
-    "MaskConfig",
-    "config_from_dict",
-    "default_preset",
-    "label_config",
-    "load_preset",
-    "resolve",
-]
-
-#: The shipped presets (``unsam/presets/<name>.yaml``).
-PRESETS: tuple[str, ...] = ("full", "unsam", "maskcut")
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
-
-
-@dataclass
-class LabelConfig:
-    """Every setting of ``unsam.label``. ``None`` means: the backbone's own default."""
-
-    backbone: str = "dino_vitb8"
-    checkpoint: str | None = None
-    preset: str | None = None  #: the preset these settings came from (recorded; see :func:`label_config`)
-    divide_size: int = 480  #: image resized to this square for the divide stage (60 x 60 patches at /8)
-    conquer_whole_image: bool | None = None  #: the whole image is conquered as one more region (None: not for classic)
-    whole_image_size: int | None = None  #: its crop size (None: 1024 for classic, else conquer.size)
-    divide: DivideConfig = field(default_factory=DivideConfig)
-    conquer: ConquerConfig = field(default_factory=ConquerConfig)
-    conquer_regions: bool | None = None  #: conquer each divide region on its patch grid (None: not for classic)
-    atoms: AtomConfig = field(default_factory=AtomConfig)
-    masks: MaskConfig = field(default_factory=MaskConfig)
-    tau: float | None = None  #: overrides divide.tau (None: backbone default)
-    merge_thresholds: tuple[float, ...] | None = None  #: overrides conquer.thresholds (None: backbone default)
-    max_pixels: int = 50_000_000  #: larger images are skipped (reason "too-large")
-    refine: str = "none"  #: "none", "edge" (guided filter) or "snap" (to SLIC superpixels)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def config_from_dict(d: dict[str, Any], base: LabelConfig | None = None) -> LabelConfig:
-    """Overlay a (YAML) dict on a config; unknown keys are an error that names them."""
-    cfg = dataclasses.replace(base) if base is not None else LabelConfig()
-    cfg.divide = dataclasses.replace(cfg.divide)
-    cfg.conquer = dataclasses.replace(cfg.conquer)
-    cfg.masks = dataclasses.replace(cfg.masks)
-    cfg.atoms = dataclasses.replace(cfg.atoms)
-    nested = {"divide": cfg.divide, "conquer": cfg.conquer, "atoms": cfg.atoms, "masks": cfg.masks}
-    top = {f.name for f in dataclasses.fields(LabelConfig)}
-    for k, v in (d or {}).items():
-        if k == "_run":
-            continue  # the record of a run in its config.yaml (input, device): not a setting
-        if k in nested:
-            if not isinstance(v, dict):
-                raise ValueError(f"config: '{k}' should be a mapping, got {type(v).__name__}")
-            sub = nested[k]
-            names = {f.name for f in dataclasses.fields(sub)}
-            for kk, vv in v.items():
-                if kk not in names:
-                    raise ValueError(f"config: unknown key '{k}.{kk}' (known: {', '.join(sorted(names))})")
-                if isinstance(vv, list):
-                    vv = tuple(vv)
-                setattr(sub, kk, vv)
-        elif k in top:
-            setattr(cfg, k, tuple(v) if isinstance(v, list) else v)
-        else:
-            raise ValueError(f"config: unknown key '{k}' (known: {', '.join(sorted(top))})")
-    return cfg
-
-
-def default_preset(backbone: str) -> str:
-    """The preset a backbone gets when none is asked for: ``full`` for the weight-free
-    ``classic`` features (measured: the atoms and the ladder are what make its labels
-    beat FH, README "Quality"), ``unsam`` for ViT backbones (the published algorithm;
-    no DINO weights here to measure whether the extra stages help them)."""
-    from unsam.label.features import BACKBONES
-
-    spec = BACKBONES.get(backbone)
-    return "full" if spec is not None and spec.family == "classic" else "unsam"
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """The settings of a shipped preset (a mapping for :func:`config_from_dict`)."""
-    import yaml
-
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    data = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"preset {name}: should be a mapping of settings")
-    return data
-
-
-def label_config(overrides: dict[str, Any] | None = None, preset: str | None = None) -> LabelConfig:
-    """The settings of a run: the library defaults, then the preset (``preset``, else
-    ``overrides["preset"]``, else :func:`default_preset` of the backbone), then ``overrides``
-    (a ``--config`` file's mapping and the CLI flags; a run's own ``config.yaml`` works too)."""
-    overrides = dict(overrides or {})
-    backbone = overrides.get("backbone") or LabelConfig.backbone
-    name = preset or overrides.get("preset") or default_preset(backbone)
-    overrides["preset"] = name
-    cfg = config_from_dict(load_preset(name), LabelConfig(backbone=backbone))
-    return config_from_dict(overrides, cfg)
-
-
-def resolve(cfg: LabelConfig, spec) -> LabelConfig:
-    """Fill the backbone's own defaults (tau, merge thresholds) where the config leaves them open."""
-    cfg = config_from_dict({}, cfg)
-    cfg.divide.tau = float(cfg.tau if cfg.tau is not None else spec.tau)
-    cfg.tau = cfg.divide.tau
-    thr = cfg.merge_thresholds if cfg.merge_thresholds is not None else spec.merge_thresholds
-    cfg.conquer.thresholds = tuple(float(t) for t in thr)
-    cfg.merge_thresholds = cfg.conquer.thresholds
-    # With weight-free features the atom hierarchy supersedes the patch-grid conquer:
-    # on the first 20 COCO-mini images (tuning half) adding the grid masks to atoms + divide regions lowered
-    # AR@1000 from 0.230 to 0.213 (they take slots with blockier masks) and doubled
-    # the time. A ViT's grid masks carry semantics the atoms lack, so they stay there.
-    if cfg.conquer_regions is None:
-        cfg.conquer_regions = spec.family != "classic"
-    if cfg.conquer_whole_image is None:
-        cfg.conquer_whole_image = spec.family != "classic"
-    if cfg.atoms.w_feat is None:
-        cfg.atoms.w_feat = float(spec.atom_w_feat)
-    if cfg.refine not in ("none", "edge", "snap"):
-        raise ValueError(f"config: refine should be 'none', 'edge' or 'snap', got {cfg.refine!r}")
-    if cfg.whole_image_size is None and spec.family == "classic":
-        # Weight-free features cost nothing on a 1024 crop (128 x 128 patches): the
-        # whole image's finest levels then reach small objects (BSDS500 train mask
-        # AR@1000 0.070 -> 0.092). A ViT would pay (tokens)^2 attention for it.
-        cfg.whole_image_size = 1024
-    if cfg.divide_size < 2 * spec.patch_size:
-        raise ValueError(f"config: divide_size should be >= {2 * spec.patch_size}, got {cfg.divide_size}")
-    # Checked here, not per image: a bad value fails the run at once, not every image.
-    if cfg.preset is not None and cfg.preset not in PRESETS:
-        raise ValueError(f"config: preset should be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
-    check_divide_config(cfg.divide)
-    check_mask_config(cfg.masks)
-    check_atom_config(cfg.atoms)
-    return cfg
+__all__ = ["ImageStages", "Labeler"]
 
 
 def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -204,9 +61,11 @@ class Labeler:
             (not forked: the parent may hold a CUDA context) on first use and
             live until :meth:`close`; as with any spawned process, a script
             using them needs the ``if __name__ == "__main__":`` guard.
-        preset: a preset's name (:data:`PRESETS`): its settings are applied on top of
-            ``cfg`` (or of the defaults, with the backbone's default preset when
-            neither is given).
+        preset: a preset's name (:data:`~unsam.label.config.PRESETS`): its settings are
+            applied on top of ``cfg`` (or of the defaults, with the backbone's default
+            preset when neither is given).
+        mask_ops: the mask stage's ops backend (:data:`unsam.label.masks.COMPILED`; the
+            tests pass their Python reference), in this process and in the workers.
     """
 
     def __init__(
@@ -216,6 +75,7 @@ class Labeler:
         extractor=None,
         cpu_workers: int = 0,
         preset: str | None = None,
+        mask_ops=COMPILED,
     ):
         from unsam.label.features import BACKBONES, build_extractor
 
@@ -234,6 +94,7 @@ class Labeler:
         if cpu_workers < 0:
             raise ValueError(f"cpu_workers should be >= 0, got {cpu_workers}")
         self.cpu_workers = int(cpu_workers)
+        self.stages = ImageStages(self.cfg, mask_ops)
         self._pool = None
 
     def close(self) -> None:
@@ -257,7 +118,7 @@ class Labeler:
                 self.cpu_workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init,
-                initargs=(self.cfg,),
+                initargs=(self.cfg, self.stages.mask_ops),
             )
         return self._pool
 
@@ -365,7 +226,7 @@ class Labeler:
             f: Future = Future()
             try:
                 times: dict[str, float] = {}
-                f.set_result((self._tail(im, items, snap, fi, work[i], times), times))
+                f.set_result((self.stages(im, items, snap, fi, work[i], times), times))
             except Exception as e:  # noqa: BLE001 - handed to collect(), like a worker's
                 f.set_exception(e)
             out.append(f)
@@ -397,28 +258,35 @@ class Labeler:
                 found.extend(extra)
         return out
 
-    def _tail(self, im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int], times: dict) -> list[dict]:
-        """The per-image CPU stages: atoms (snapping ``snap`` to them), then the mask stage."""
+
+class ImageStages:
+    """The per-image CPU stages of a resolved config: atoms (snapping the divide regions to
+    them), then the mask stage, with the mask ops of ``mask_ops``. Built once per process
+    (the labeler's, or each worker's) and given one image at a time."""
+
+    def __init__(self, cfg: LabelConfig, mask_ops=COMPILED):
+        self.cfg = cfg
+        self.mask_ops = mask_ops
+
+    def __call__(self, im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int], times: dict) -> list[dict]:
         cfg = self.cfg
         if cfg.atoms.enabled:
             wh, ww = work_hw
             items = items + atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats_i, times, snap)
-        return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times)
+        return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times, self.mask_ops)
 
 
 # ---------------------------------------------------------------- CPU workers
-_WORKER: Labeler | None = None
+_STAGES: ImageStages | None = None
 
 
-def _worker_init(cfg: LabelConfig) -> None:
-    """In a spawned worker: a CPU labeler for the per-image stages (no extractor is built)."""
-    global _WORKER
+def _worker_init(cfg: LabelConfig, mask_ops) -> None:
+    """In a spawned worker: the per-image stages (no extractor is built)."""
+    global _STAGES
     torch.set_num_threads(1)  # one image per worker; the workers are the parallelism
-    lab = Labeler.__new__(Labeler)
-    lab.cfg, lab.device, lab.timings, lab.cpu_workers, lab._pool = cfg, torch.device("cpu"), {}, 0, None
-    _WORKER = lab
+    _STAGES = ImageStages(cfg, mask_ops)
 
 
 def _worker_tail(im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int]):
     times: dict[str, float] = {}
-    return _WORKER._tail(im, items, snap, feats_i, work_hw, times), times
+    return _STAGES(im, items, snap, feats_i, work_hw, times), times

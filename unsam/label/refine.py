@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unsam.label.masks import MaskItem
+from unsam.label.items import MaskItem
 
 
 def _box_sum(a: np.ndarray, r: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unsam.label.masks import MaskItem
+from unsam.label.items import MaskItem
 
 
 def _rgb_to_lab(image: np.ndarray) -> torch.Tensor:

@@ -88,7 +88,7 @@ def _levels(parents: list[int], areas: list[int]) -> list[int]:
 
 
 def _item(mask: np.ndarray, score: float):
-    from unsam.label.masks import MaskItem
+    from unsam.label.items import MaskItem
 
     ys = np.flatnonzero(mask.any(1))
     if ys.size == 0:
@@ -99,7 +99,7 @@ def _item(mask: np.ndarray, score: float):
 
 
 def annotations_from_items(items: list, height: int, width: int, extras: list[dict] | None = None, contain: float = 0.9) -> list[dict]:
-    """Label-format annotations (ids 1..K) of ``unsam.label.masks.MaskItem`` s, in their order.
+    """Label-format annotations (ids 1..K) of ``unsam.label.items.MaskItem`` s, in their order.
 
     Parents and levels from containment (:func:`unsam.label.masks.parents_from_intersections`);
     the masks are kept as they are (not clipped).
@@ -184,7 +184,7 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_masks(self, image: np.ndarray | Tensor) -> list:
-        """Whole-image model: ``unsam.label.masks.MaskItem`` s (box + crop at the image's size, score), best first.
+        """Whole-image model: ``unsam.label.items.MaskItem`` s (box + crop at the image's size, score), best first.
 
         Masks are upsampled a chunk at a time and kept as crops, so memory stays
         bounded for 1000 masks on large images.

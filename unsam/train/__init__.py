@@ -10,7 +10,13 @@
 """
 
 from unsam.train.cli import main
-from unsam.train.config import CONFIG_DIR, ConfigError, TrainConfig, config_from_dict, load_config
+from unsam.train.config import (
+    CONFIG_DIR,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+)
 from unsam.train.loop import Trainer
 
 __all__ = ["CONFIG_DIR", "ConfigError", "TrainConfig", "Trainer", "config_from_dict", "load_config", "main"]

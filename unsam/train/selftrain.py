@@ -65,8 +65,8 @@ def merge_round(labels: list[dict], predictions: list[dict], height: int, width:
     Returns:
         (annotations with ids 1..n and rebuilt hierarchy, counts ``{kept, replaced, added}``).
     """
+    from unsam.label.items import MaskItem
     from unsam.label.masks import (
-        MaskItem,
         clip_to_parents,
         pairwise_intersections,
         parents_from_intersections,
