@@ -1,7 +1,7 @@
 """Kernel benchmarks: the published way beside ours, same process, ratios reported.
 
 Run: ``pytest benchmarks/ --benchmark -s`` (results also go to benchmarks/results/<card>.json).
-"Published" is a port of the published code's own loop (``unsam.published``):
+"Published" is a port of the published code's own loop (``benchmarks/published``):
 CutLER's ``maskcut_forward`` (a dense float32 affinity from the zeroed features and
 a dense generalized eigensolver per cut) and UnSAM's ``iterative_merge`` (its merge
 loop as written). This project's slow oracles (``*_reference``) are test oracles
@@ -89,11 +89,12 @@ def test_fiedler_n3600_vs_dense_and_eigsh():
 
 
 def _published_three_cuts(f: torch.Tensor) -> list[np.ndarray]:
-    """MaskCut's way (``unsam.published.maskcut_forward``): per cut, the features of covered
-    patches zeroed, a dense float32 affinity and a dense generalized solve."""
-    from unsam.published import maskcut_forward
+    """MaskCut's way (``benchmarks.published.maskcut.maskcut_forward``): per cut, the features of
+    covered patches zeroed, a dense float32 affinity and a dense generalized solve."""
+    from benchmarks.published import MASKCUT_PRESET
+    from benchmarks.published.maskcut import maskcut_forward
 
-    return maskcut_forward(f.T.contiguous(), (60, 60), TAU, 3, EPS)
+    return maskcut_forward(f.T.contiguous(), (60, 60), TAU, 3, EPS, MASKCUT_PRESET)
 
 
 def _our_three_cuts(f: torch.Tensor) -> list[np.ndarray]:
@@ -125,7 +126,7 @@ def test_merge_32x32_vs_published_loop():
     the hard inputs, same process, 2 cores (an image's regions are merged in one batched
     call, as the conquer stage does)."""
     from benchmarks._util import part_feats
-    from unsam.published import iterative_merge
+    from benchmarks.published.unsam import iterative_merge
 
     thr = (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
     g = torch.Generator().manual_seed(0)

@@ -1,120 +1,204 @@
-"""Parity of the presets with the published code's semantics, on real images.
+"""Parity of the presets with the ports of the released code (``benchmarks/published``).
 
-A reference pipeline built from ports of the published loops (``unsam.published``:
-dense affinities and the dense generalized eigensolver per cut, MaskCut's
-bipartition and drop rule, UnSAM's merge loop, every mask upsampled and compared
-one full-size array at a time) and the presets, run on the same features, must
-give the same masks:
-
-- ``maskcut``: the same count, each mask matched one to one at IoU >= 0.99;
-- ``unsam``: >= 98 % of the reference's masks matched one to one at IoU >= 0.95
-  and vice versa, and the matched masks have the same parent links.
-
-Two kinds of features: ``classic`` and a random-weight ViT with DINO ViT-B/8's
-patch (8) and key size (C = 768); it has 2 blocks instead of 12 to keep the CPU
-test short (the features' shape, not their depth, is what the kernels see).
-The eigenvector's sign is LAPACK's choice in the published code; both sides here
-use the divide's documented rule (``unsam.label.divide.canonical_sign``), and the
-reference's merge loop runs in float64, the kernel's precision (README,
-"Differences from the published code").
+The ports are written from the released code alone and import nothing from ``unsam``
+but image I/O; each departure from the release that a preset makes is a named field of
+``benchmarks.published.rules.Rules``, and the first tests check that those fields say
+what the presets do. The quick parity below runs on the committed example images (no
+shared data needed) at a reduced size, so it runs on every clone:
+``divide_size`` 240 (30 x 30 patches) and conquer crops of 128 px (16 x 16 patches);
+the full-size parity on 10 BSDS500 images per feature kind is the benchmark
+``benchmarks/test_parity_bench.py``. Two kinds of features: ``classic`` and a
+random-weight ViT with DINO ViT-B/8's patch (8) and key size (C = 768), 2 blocks.
 """
 
 from __future__ import annotations
 
+import ast
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
-from scipy.optimize import linear_sum_assignment
 
-from unsam import published
+from benchmarks.parity import (
+    decode,
+    maskcut_parity,
+    match,
+    settings,
+    unsam_parity,
+    unsam_regions,
+)
+from benchmarks.published import MASKCUT_PRESET, RELEASED, UNSAM_PRESET
+from benchmarks.published import unsam as released_unsam
+from benchmarks.published.maskcut import _signed, mask_iou
 from unsam.io import load_image
 from unsam.label import Labeler, label_config
+from unsam.label import conquer as conquer_mod
+from unsam.label import divide as divide_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
+QUICK = {"divide_size": 240, "conquer": {"size": 128}}
+
+
+# ---------------------------------------------------------------- the ports stand alone
+
+
+def test_the_ports_import_nothing_from_unsam_but_io():
+    files = sorted((ROOT / "benchmarks" / "published").glob("*.py")) + [ROOT / "tests" / "reference" / "divide.py"]
+    assert len(files) >= 4
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for n in names:
+                assert not n.startswith("unsam") or n.startswith("unsam.io"), (f.name, n)
+
+
+# ---------------------------------------------------------------- the named deviations are the presets'
+
+
+def test_maskcut_rules_are_the_preset_s():
+    cfg = Labeler(label_config({"backbone": "classic"}, preset="maskcut")).cfg
+    assert MASKCUT_PRESET.tie_rtol == divide_mod.TIE_RTOL
+    assert (cfg.divide.rule, cfg.divide.upsample, cfg.divide.max_cuts, cfg.divide.eps, cfg.divide_size) == ("published", "published", 3, 1e-5, 480)
+    assert (cfg.divide.max_prev_iou, cfg.divide.min_area) == (0.5, 0.01)  # the released drop rule
+    # The sign rule: the same vector as the divide's, also with exact ties in |x|.
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = rng.normal(size=40)
+        x[rng.integers(40)] = -np.abs(x).max()  # a tie for the largest |x|, negative
+        assert np.array_equal(_signed(x, MASKCUT_PRESET), divide_mod.canonical_sign(x))
+    assert RELEASED.sign == "lapack" and RELEASED.tie_rtol is None
+
+
+def test_unsam_rules_are_the_preset_s():
+    from tests.reference import divide as ref_divide
+
+    cfg = Labeler(label_config({"backbone": "dino_vitb8"}, preset="unsam"), extractor=_vit()).cfg
+    r = UNSAM_PRESET
+    assert r.tie_rtol == divide_mod.TIE_RTOL == ref_divide.TIE_RTOL
+    assert r.divide == "cuts" and cfg.conquer_regions and not cfg.conquer_whole_image and cfg.divide.rule == "uncovered"
+    assert r.local_size == cfg.conquer.size and tuple(r.thresholds) == tuple(cfg.conquer.thresholds)
+    assert (r.min_size, r.inside_frac) == (cfg.conquer.min_size, cfg.conquer.inside_frac)
+    assert (r.nms, r.nms_iou) == ("image", cfg.masks.nms_iou)
+    assert (r.min_area, r.min_area_frac, r.max_masks) == (cfg.masks.min_area, cfg.masks.min_area_frac, cfg.masks.max_masks)
+    assert r.score == "stability" and r.score_floor == conquer_mod.SCORE_FLOOR
+    assert r.parents == "merge_tree" and cfg.masks.levels == "tree"
+    assert (r.emit, r.upsample, r.crop_box, r.channels, r.crop_resize) == ("distinct", "bilinear", "inclusive", "rgb", "bilinear")
+    assert r.merge_dtype == "float64"  # merge_levels runs in float64 (README "Kernels")
+    assert not cfg.atoms.enabled and cfg.refine == "none"
+    # Everything else is the release's.
+    same = {k for k in RELEASED.__dataclass_fields__ if getattr(RELEASED, k) == getattr(r, k)}
+    assert same == {"local_size", "thresholds", "min_size", "inside_frac", "nms_iou", "nms_step", "score_floor"}
+
+
+# ---------------------------------------------------------------- parity on the example images
+
+
+def _vit():
+    pytest.importorskip("timm")
+    from benchmarks._util import vit_b8_shaped
+
+    return vit_b8_shaped()
 
 
 @pytest.fixture(scope="module")
-def bsds(data_dir):
-    files = sorted((data_dir / "bsds500" / "images" / "val").glob("*.jpg"))
-    if len(files) < 2:
-        pytest.skip("BSDS500 val images not found")
-    return [load_image(f) for f in files[:2]]
+def examples():
+    return [load_image(p) for p in EXAMPLES]
 
 
 @pytest.fixture(scope="module", params=["classic", "vitb8"])
 def features(request):
-    if request.param == "classic":
-        return "classic", None
-    pytest.importorskip("timm")
-    from benchmarks._util import vit_b8_shaped
-
-    return "dino_vitb8", vit_b8_shaped()
+    return ("classic", None) if request.param == "classic" else ("dino_vitb8", _vit())
 
 
 def _labeler(preset: str, features) -> Labeler:
     backbone, extractor = features
-    return Labeler(label_config({"backbone": backbone}, preset=preset), extractor=extractor)
+    return Labeler(label_config({"backbone": backbone, **QUICK}, preset=preset), extractor=extractor)
 
 
-def _decode(anns: list[dict]) -> list[np.ndarray]:
-    return [
-        mask_utils.decode(dict(a["segmentation"], counts=a["segmentation"]["counts"].encode())).astype(bool) for a in anns
-    ]
-
-
-def _match(ref: list[np.ndarray], ours: list[np.ndarray], thr: float) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """One-to-one matching with the highest total IoU; pairs below thr are not matches."""
-    if not ref or not ours:
-        return [], np.zeros((len(ref), len(ours)))
-    a = np.stack([m.ravel() for m in ref]).astype(np.float32)
-    b = np.stack([m.ravel() for m in ours]).astype(np.float32)
-    inter = a @ b.T
-    iou = inter / np.maximum(a.sum(1)[:, None] + b.sum(1)[None] - inter, 1.0)
-    rows, cols = linear_sum_assignment(-iou)
-    return [(int(i), int(j)) for i, j in zip(rows, cols) if iou[i, j] >= thr], iou
-
-
-def test_maskcut_preset_gives_the_published_masks(bsds, features):
+def test_maskcut_preset_gives_the_released_masks(examples, features):
     lab = _labeler("maskcut", features)
-    img = bsds[1]
-    ours = _decode(lab.label_batch([img])[0])
-    t = lab.to_device([img])[0]
-    feats = lab.divide_features([t])[0]
-    ref = published.run_maskcut(feats, lab.cfg, img.shape[:2], lab.divide_side(), sign=published.tie_sign)
-    assert len(ref) >= 1
-    pairs, iou = _match(ref, ours, 0.99)
-    assert len(ours) == len(ref), (len(ours), len(ref))
-    assert len(pairs) == len(ref), np.round(iou, 4)
+    for img in examples:
+        p = maskcut_parity(lab, img)
+        assert p["ref"] >= 1 and p["ours"] == p["ref"] and p["matched"] == p["ref"], p
 
 
-def test_unsam_preset_matches_the_published_loops(bsds, features):
+def test_unsam_preset_matches_the_released_loops(examples, features):
     lab = _labeler("unsam", features)
-    img = bsds[0]
-    anns = lab.label_batch([img])[0]
-    ours = _decode(anns)
-    t = lab.to_device([img])[0]
-    feats = lab.divide_features([t])[0]
-    ref = published.run_unsam(
-        t, feats, lab.extractor, lab.cfg, lab.divide_side(), sign=published.tie_sign, merge_dtype=torch.float64
-    )
-    assert len(ref["masks"]) >= 10 and {"divide", "conquer"} <= set(ref["sources"])
-    pairs, _ = _match(ref["masks"], ours, 0.95)
-    assert len(pairs) >= 0.98 * len(ref["masks"]), (len(pairs), len(ref["masks"]))
-    assert len(pairs) >= 0.98 * len(ours), (len(pairs), len(ours))
-    # Parents: a matched mask's parent is the match of the reference's parent (or both are roots).
-    index = {a["id"]: k for k, a in enumerate(anns)}
-    our_parent = [index[a["parent_id"]] if a["parent_id"] is not None else -1 for a in anns]
-    to_ours = dict(pairs)
-    same = sum(
-        (ref["parents"][i] < 0 and our_parent[j] < 0) or (ref["parents"][i] >= 0 and to_ours.get(ref["parents"][i]) == our_parent[j])
-        for i, j in pairs
-    )
-    assert same >= 0.98 * len(pairs), (same, len(pairs))
-    levels = [a["level"] for a in anns]
-    assert max(levels) >= 2  # the merge tree gives a hierarchy several levels deep
+    total = {"ref": 0, "ours": 0, "matched": 0, "same_parents": 0}
+    deep = 0
+    for img in examples:
+        p = unsam_parity(lab, img)
+        assert {"divide", "conquer"} <= set(p["sources"]), p
+        for k in total:
+            total[k] += p[k]
+        deep = max(deep, p["max_level"])
+    assert total["ref"] >= 30, total
+    assert total["matched"] >= 0.98 * total["ref"] and total["matched"] >= 0.98 * total["ours"], total
+    assert total["same_parents"] >= 0.98 * total["matched"], total
+    assert deep >= 2  # the merge tree gives a hierarchy several levels deep
+
+
+def test_released_path_writes_the_released_masks(examples):
+    """The released per-mask path (after each threshold every cluster that still has an edge,
+    again at every level; PIL's bicubic upsampling; NMS against the next 4 masks by area; RLE
+    of every mask), checked against the distinct clusters of the same merge run upsampled
+    the same way: each conquer mask it writes is exactly one of them,
+    every distinct cluster of the run is
+    written or covered by a written one, and every record is a valid RLE of the image with
+    its area and box."""
+    from pycocotools import mask as mask_utils
+
+    lab = _labeler("unsam", ("classic", None))
+    img = examples[0]
+    regions = unsam_regions(lab, img)
+    released = replace(settings(lab), emit="released", upsample="pil_bicubic", nms="windowed", score="none", parents="none")
+    everything = replace(settings(lab), upsample="pil_bicubic", nms_iou=1.0, min_area=1, min_area_frac=0.0, max_masks=None)
+    checked = 0
+    for ri, r in enumerate(regions):
+        if not r["pixels"].any():
+            continue
+        one = [dict(r, parent=-1)]
+        anns = released_unsam.run_unsam(img, one, lab.extractor, released)["annotations"]
+        masks = decode([dict(a, segmentation=a["segmentation"]) for a in anns])
+        assert np.array_equal(masks[0], r["pixels"])  # the region first
+        conquer = masks[1:]
+        clusters = [m for m, s in zip(*(lambda o: (o["masks"], o["sources"]))(released_unsam.run_unsam(img, one, lab.extractor, everything))) if s == "conquer"]
+        iou = match(conquer, clusters, 1.0)[1]
+        assert len(conquer) <= len(clusters) and (iou.max(1) == 1.0).all(), (ri, iou.max(1))
+        assert (iou.max(0) > released.nms_iou).all(), (ri, iou.max(0))  # written, or a near-copy written
+        for a in anns:
+            rle = dict(a["segmentation"], counts=a["segmentation"]["counts"].encode())
+            assert a["area"] == int(mask_utils.area(rle)) >= 1 and a["bbox"] == mask_utils.toBbox(rle).tolist()
+        checked += len(conquer)
+    assert checked >= 10
+
+
+def test_windowed_nms_compares_each_mask_with_the_next_four_by_area_only():
+    """The released NMS: masks sorted by area; a kept mask suppresses a near-copy among the
+    next 4 of the sorted list, not one 6 places down."""
+
+    def block(y0, x0, hgt, wid, drop=0):
+        m = np.zeros((40, 80), np.uint8)
+        m[y0 : y0 + hgt, x0 : x0 + wid] = 1
+        m.flat[np.flatnonzero(m)[:drop]] = 0
+        return m
+
+    a = block(0, 0, 10, 10)  # area 100
+    near = block(0, 0, 10, 10, drop=1)  # 99, IoU 0.99 with a, next after it: suppressed
+    others = [block(20, 16 * k, 7, 14, drop=k) for k in range(4)]  # 98, 97, 96, 95, apart from a
+    far = block(0, 0, 10, 10, drop=6)  # 94, IoU 0.94 with a, 6 places after it: kept
+    masks = [far, *others, near, a]
+    assert sorted((int(m.sum()) for m in masks), reverse=True) == [100, 99, 98, 97, 96, 95, 94]
+    kept = released_unsam.windowed_nms(masks, 0.9, 5)
+    assert [int(m.sum()) for m in kept] == [100, 98, 97, 96, 95, 94]
+    assert mask_iou(kept[0], kept[-1]) > 0.9
 
 
 def test_merge_loop_port_partitions_like_the_kernel():
-    """The published loop (run in float64) and merge_levels make the same clusters at every
+    """The released loop (run in float64) and merge_levels make the same clusters at every
     threshold on features that merge at several thresholds."""
     from benchmarks._util import part_feats
     from unsam.kernels import merge_levels
@@ -123,13 +207,13 @@ def test_merge_loop_port_partitions_like_the_kernel():
     thr = (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
     labels = merge_levels(f, thr).numpy()
     tree: dict = {}
-    published.iterative_merge(f.double(), thr, 1, tree, torch.float64)
+    released_unsam.iterative_merge(f.double(), thr, 1, tree, torch.float64)
     clusters = tree["clusters"]
     for lv, ids in enumerate(tree["levels"]):
         alive = [c for c in range(tree["created"][lv]) if c not in tree["into"] or tree["into"][c] >= tree["created"][lv]]
         port = {frozenset(np.flatnonzero(np.asarray(clusters[c]["mask"]).ravel() > 0)) for c in alive}
         ours = {frozenset(np.flatnonzero(labels[lv].ravel() == v)) for v in np.unique(labels[lv])}
         assert port == ours, lv
-        # The published collection quirk: only clusters that still have an edge are emitted.
+        # The released collection quirk: only clusters that still have an edge are emitted.
         assert set(ids) <= set(alive)
     assert len({len(np.unique(level)) for level in labels}) >= 3

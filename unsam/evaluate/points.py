@@ -16,7 +16,7 @@ ranks first; ``OracleIoU`` the mean of the best IoU among its masks (as in
 Semantic-SAM / UnSAM). Values are fractions in [0, 1].
 
 Ground truth: a COCO JSON (polygons or RLE; crowd regions skipped) or a label
-folder of per-image JSONs (:func:`unsam.train.data.load_records`).
+folder of per-image JSONs (:func:`unsam.io.datasets.load_records`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def evaluate_points(
         predict_fn: ``(image uint8 [H, W, 3], points float [P, 2] (x, y)) -> (masks bool
             [P, M, H, W], scores [P, M])`` — e.g. ``unsam.models.predict.Predictor.predict_points``;
             any model (SAM, ...) can be wrapped to this.
-        records: ``unsam.train.data.Record`` s (image path + GT RLEs).
+        records: ``unsam.io.datasets.Record`` s (image path + GT RLEs).
         max_masks_per_image: evaluate at most this many GT masks per image (spread
             evenly over the image's list), None = all.
         min_area: skip GT masks smaller than this (pixels).
@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from unsam.io.datasets import DatasetError, load_records
     from unsam.models.predict import Predictor
-    from unsam.train.data import DatasetError, load_records
 
     if args.gpu and not torch.cuda.is_available():
         print("error: --gpu given but torch sees no CUDA GPU", file=sys.stderr)

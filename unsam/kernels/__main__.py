@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unsam.kernels import affinity, dense_affinity, has_cuda, lanczos_fiedler, merge_levels
+from unsam.kernels import (
+    affinity,
+    dense_affinity,
+    has_cuda,
+    lanczos_fiedler,
+    merge_levels,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 

@@ -27,6 +27,10 @@ import torch.nn.functional as F
 from unsam.kernels import DEFAULT_THRESHOLDS, merge_levels
 from unsam.label.items import MaskItem, interp_matrix, interp_spans
 
+#: A cluster's score: SCORE_FLOOR + (1 - SCORE_FLOOR) x the share of the thresholds it survives
+#: unchanged (stable segments first; the mask stage multiplies it by sqrt(area fraction)).
+SCORE_FLOOR = 0.25
+
 
 @dataclass
 class ConquerConfig:
@@ -182,7 +186,7 @@ def conquer_batch(
             ta, tb = rows.argmax(), rows.size - rows[::-1].argmax()
             la, lb = cols.argmax(), cols.size - cols[::-1].argmax()
             box = (x0 + xa + int(la), y0 + ya + int(ta), x0 + xa + int(lb), y0 + ya + int(tb))
-            score = 0.25 + 0.75 * c.persistence / nlev  # stable segments first
+            score = SCORE_FLOOR + (1.0 - SCORE_FLOOR) * c.persistence / nlev
             key = (tag, j, ci)
             kept[ci] = MaskItem(box, np.ascontiguousarray(m[ta:tb, la:lb]), score, "conquer", {"first_level": c.first_level, "key": key})
         for ci, item in kept.items():

@@ -99,14 +99,8 @@ class ViTBackbone(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        from unsam.label.features import (
-            BACKBONES,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            _create_timm,
-            _create_tiny_vit,
-            _load_into,
-        )
+        from unsam.label.features.registry import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+        from unsam.label.features.weights import create_timm, create_tiny_vit, load_into
 
         spec = BACKBONES.get(name)
         if spec is None:
@@ -114,9 +108,9 @@ class ViTBackbone(nn.Module):
             raise ValueError(f"unknown backbone '{name}'; trainable backbones: {', '.join(vits)}")
         if spec.family == "classic":
             raise ValueError("backbone 'classic' is a fixed filter bank with nothing to train; choose a ViT (e.g. dino_vitb8)")
-        vit = _create_tiny_vit() if spec.family == "test" else _create_timm(spec, pretrained=pretrained and checkpoint is None)
+        vit = create_tiny_vit() if spec.family == "test" else create_timm(spec, pretrained=pretrained and checkpoint is None)
         if checkpoint is not None:
-            _load_into(vit, checkpoint, spec)
+            load_into(vit, checkpoint, spec)
         # The final norm and the head are never used: drop them, or DDP would wait for
         # their gradients forever.
         vit.norm = nn.Identity()

@@ -1,4 +1,5 @@
-/* unsam.view: the page. Served by python -m unsam.view (unsam/view.py); no build step, no dependencies.
+/* unsam.view: the page. Served by python -m unsam.view (unsam/view/); no build step, no dependencies; an
+ * ES module beside masks.js (decoding and partitions) and draw.js (the overlays).
  *
  * Masks arrive as the label JSON on disk (COCO compressed RLE, column-major). Each is decoded once to run
  * lengths; a level's partition is painted into an owner map (annotation index + 1 per pixel, 0 = no mask)
@@ -8,11 +9,12 @@
  * canvases are column-major (x * H + y) like the RLE, so every run is one contiguous fill; the canvases are
  * shown through a CSS transpose. tests/test_view.py checks this partition against level_partitions.
  */
-'use strict';
-(() => {
+import { drawLayer, makeGrid, render as renderOverlay, css, maskColor } from './draw.js';
+import { decodeCounts, paint as paintLevel, prepare, runStats, runsInside } from './masks.js';
+
+{
   const $ = (sel, root = document) => root.querySelector(sel);
   const enc = (key) => key.split('/').map(encodeURIComponent).join('/');
-  const GOLDEN = 0.618033988749895;
   const CAND_COLORS = [[0, 188, 212], [255, 152, 0], [139, 195, 74], [233, 30, 99], [63, 81, 181], [255, 235, 59]];
   const SEL_COLOR = [255, 230, 0];
 
@@ -25,230 +27,6 @@
   const view = window.unsamView = {
     ready: false, listReady: false, key: null, tti: null, timings: {}, errors: {}, level: 0, selected: null, candidates: null, lastPixel: null,
   };
-
-  // ------------------------------------------------------------------ RLE
-
-  /** COCO compressed RLE counts string -> Int32Array of run lengths (pycocotools' rleFrString). */
-  let scratch = new Int32Array(1 << 16);
-  function decodeCounts(s) {
-    const n = s.length;
-    if (scratch.length < n) scratch = new Int32Array(n);
-    const out = scratch;
-    let m = 0, p = 0;
-    while (p < n) {
-      let x = 0, k = 0, c;
-      do { c = s.charCodeAt(p++) - 48; x |= (c & 0x1f) << (5 * k); k++; } while ((c & 0x20) && p < n);
-      if (c & 0x10) x |= -1 << (5 * k);
-      if (m > 2) x += out[m - 2];
-      out[m++] = x;
-    }
-    return out.slice(0, m);
-  }
-
-  /** Area and box [x0, y0, x1, y1] (inclusive; x0 = -1 when empty) of column-major runs of an H-row image. */
-  function runStats(runs, H) {
-    let pos = 0, area = 0, x0 = -1, x1 = -1, y0 = H, y1 = -1;
-    for (let j = 0; j < runs.length; j++) {
-      const c = runs[j];
-      if ((j & 1) && c > 0) {
-        area += c;
-        const a = pos, b = pos + c - 1, xa = (a / H) | 0, xb = (b / H) | 0;
-        if (x0 < 0) x0 = xa;
-        x1 = xb;
-        if (xa !== xb) { y0 = 0; y1 = H - 1; } else { y0 = Math.min(y0, a - xa * H); y1 = Math.max(y1, b - xb * H); }
-      }
-      pos += c;
-    }
-    return { area, box: [x0, y0, x1, y1] };
-  }
-
-  // ------------------------------------------------------------------ colours (unsam.vis.mask_color)
-
-  function maskColor(id) {
-    const h = (((id * GOLDEN) % 1) + 1) % 1;
-    const s = 0.55 + 0.35 * ((((id * 7) % 3) + 3) % 3) / 2;
-    const v = 0.95 - 0.2 * ((((id * 5) % 2) + 2) % 2);
-    const i = Math.floor(h * 6), f = h * 6 - i, p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f));
-    const [r, g, b] = [[v, t, p], [q, v, p], [p, v, t], [p, q, v], [t, p, v], [v, p, q]][i % 6];
-    return [Math.round(r * 255), Math.round(g * 255), Math.round(b * 255)];
-  }
-  const rgba = (c, a) => ((Math.round(a * 255) << 24) | (c[2] << 16) | (c[1] << 8) | c[0]) >>> 0; // little-endian ImageData
-  const css = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
-
-  // ------------------------------------------------------------------ data of one side
-
-  function prepare(obj) {
-    const t0 = performance.now();
-    const H = obj.image.height, W = obj.image.width, anns = obj.annotations, n = anns.length, N = H * W;
-    const runs = new Array(n), area = new Float64Array(n), lvl = new Int32Array(n), score = new Float64Array(n);
-    const box = new Int32Array(4 * n), src = new Array(n), byId = new Map(), kids = new Map();
-    let maxLevel = 0;
-    for (let i = 0; i < n; i++) {
-      const a = anns[i];
-      runs[i] = decodeCounts(a.segmentation.counts);
-      const st = runStats(runs[i], H);
-      area[i] = st.area;
-      box.set(st.box, 4 * i);
-      lvl[i] = a.level;
-      score[i] = a.score;
-      src[i] = a.source;
-      maxLevel = Math.max(maxLevel, a.level);
-      byId.set(a.id, i);
-    }
-    for (let i = 0; i < n; i++) {
-      const p = anns[i].parent_id;
-      if (p !== null && p !== undefined) { if (!kids.has(p)) kids.set(p, []); kids.get(p).push(i); }
-    }
-    // The painting order of level_partitions: coarse to fine; inside a level larger first; then file order.
-    const order = Int32Array.from({ length: n }, (_, i) => i).sort((i, j) => lvl[i] - lvl[j] || area[j] - area[i] || i - j);
-    return {
-      H, W, N, anns, n, runs, area, lvl, score, src, box, byId, kids, order, maxLevel, pass: new Uint8Array(n),
-      // Uint16 halves the memory traffic of painting (about 2x faster on a 1000-mask SA-1B image) when ids fit.
-      owner: n < 65535 ? new Uint16Array(N) : new Int32Array(N), comp: new Int32Array(N), stack: new Int32Array(N),
-      seen: new Uint8Array(n + 1), grid: null, nSeg: 0, nMasks: 0, nComp: 0, painted: -1, decodeMs: performance.now() - t0,
-    };
-  }
-
-  /** Owner map of level l under the current filters, then the uncovered components and the counts. */
-  function paint(d, level) {
-    const { owner, order, runs, lvl, pass, score, src } = d;
-    for (let i = 0; i < d.n; i++) pass[i] = !S.sourcesOff.has(src[i]) && score[i] >= S.minScore ? 1 : 0;
-    owner.fill(0);
-    for (let k = 0; k < order.length; k++) {
-      const i = order[k];
-      if (lvl[i] > level) break;
-      if (!pass[i]) continue;
-      const r = runs[i], v = i + 1;
-      let pos = 0;
-      for (let j = 0; j < r.length; j++) {
-        const c = r[j];
-        if (j & 1) {
-          if (c > 24) owner.fill(v, pos, pos + c);
-          else for (let p = pos, e = pos + c; p < e; p++) owner[p] = v;
-        }
-        pos += c;
-      }
-    }
-    d.painted = level;
-    components(d);
-  }
-
-  function components(d) {
-    const { owner, comp, stack, seen, H, W, N } = d;
-    comp.fill(0);
-    seen.fill(0);
-    let masks = 0, nc = 0;
-    for (let i = 0; i < N; i++) {
-      const o = owner[i];
-      if (o !== 0) { if (!seen[o]) { seen[o] = 1; masks++; } continue; }
-      if (comp[i] !== 0) continue;
-      nc++;
-      let top = 0;
-      stack[top++] = i;
-      comp[i] = nc;
-      while (top > 0) {
-        const p = stack[--top], x = (p / H) | 0, y = p - x * H;
-        if (y > 0 && owner[p - 1] === 0 && comp[p - 1] === 0) { comp[p - 1] = nc; stack[top++] = p - 1; }
-        if (y < H - 1 && owner[p + 1] === 0 && comp[p + 1] === 0) { comp[p + 1] = nc; stack[top++] = p + 1; }
-        if (x > 0 && owner[p - H] === 0 && comp[p - H] === 0) { comp[p - H] = nc; stack[top++] = p - H; }
-        if (x < W - 1 && owner[p + H] === 0 && comp[p + H] === 0) { comp[p + H] = nc; stack[top++] = p + H; }
-      }
-    }
-    d.nMasks = masks;
-    d.nComp = nc;
-    d.nSeg = masks + nc;
-  }
-
-  /* The overlay canvases have one pixel per screen pixel (at most one per image pixel): canvas pixel (u, v)
-   * shows image pixel (x = xs[v], y = ys[u]), transposed. At "fit" an SA-1B image has ~7x fewer screen pixels
-   * than image pixels, and outlines stay one screen pixel wide at every zoom. */
-  function makeGrid(d, rs) {
-    const cw = Math.max(1, Math.round(d.H * rs)), ch = Math.max(1, Math.round(d.W * rs));
-    const ys = new Int32Array(cw), xs = new Int32Array(ch);
-    for (let u = 0; u < cw; u++) ys[u] = Math.min(d.H - 1, Math.floor(((u + 0.5) * d.H) / cw));
-    for (let v = 0; v < ch; v++) xs[v] = Math.min(d.W - 1, Math.floor(((v + 0.5) * d.W) / ch));
-    const img = new ImageData(cw, ch);
-    return { rs, cw, ch, ys, xs, img, buf: new Uint32Array(img.data.buffer) };
-  }
-
-  /** The overlay: each segment in its mask's colour, outlined where the owner changes. */
-  function render(side) {
-    const d = side.d, g = d.grid, { owner, H, anns } = d, { cw, ch, ys, xs, buf } = g;
-    if (!d.fill || d.fillAlpha !== S.opacity) {
-      d.fill = new Uint32Array(d.n + 1);
-      d.edge = new Uint32Array(d.n + 1);
-      for (let i = 0; i < d.n; i++) {
-        const c = maskColor(anns[i].id);
-        d.fill[i + 1] = rgba(c, S.opacity);
-        d.edge[i + 1] = rgba(c, Math.min(1, 0.35 + S.opacity));
-      }
-      d.fillAlpha = S.opacity;
-    }
-    const fill = S.mode === 'outlines' ? new Uint32Array(d.n + 1) : d.fill, edge = d.edge;
-    for (let v = 0; v < ch; v++) {
-      const b = xs[v] * H, bp = v > 0 ? xs[v - 1] * H : b, bn = v + 1 < ch ? xs[v + 1] * H : b, row = v * cw;
-      for (let u = 0; u < cw; u++) {
-        const y = ys[u], o = owner[b + y];
-        if (o === 0) { buf[row + u] = 0; continue; }
-        const e = (u > 0 && owner[b + ys[u - 1]] !== o) || (u + 1 < cw && owner[b + ys[u + 1]] !== o) || owner[bp + y] !== o || owner[bn + y] !== o;
-        buf[row + u] = e ? edge[o] : fill[o];
-      }
-    }
-    side.ctx.over.putImageData(g.img, 0, 0);
-  }
-
-  /** A full-resolution bitmap of a mask's box [x0, y0, x1, y1]: inside(x, y) for the pixels of its runs. */
-  function runsInside(runs, H, box) {
-    const [x0, y0, , y1] = box, bw = y1 - y0 + 1, m = new Uint8Array(bw * (box[2] - x0 + 1));
-    let pos = 0;
-    for (let j = 0; j < runs.length; j++) {
-      const c = runs[j];
-      if (j & 1) {
-        for (let p = pos, end = pos + c; p < end;) {
-          const x = (p / H) | 0, y = p - x * H, len = Math.min(end - p, H - y), off = (x - x0) * bw + (y - y0);
-          m.fill(1, off, off + len);
-          p += len;
-        }
-      }
-      pos += c;
-    }
-    return (x, y) => m[(x - x0) * bw + (y - y0)] === 1;
-  }
-
-  const blit = document.createElement('canvas'), blitCtx = blit.getContext('2d');
-
-  /** Draw the pixels of box where inside(x, y) on a layer canvas, filled and outlined (wide: 2 px); returns the dirty rect. */
-  function drawLayer(d, ctx, box, inside, fillC, edgeC, fillA, wide) {
-    const g = d.grid, [x0, y0, x1, y1] = box;
-    if (x0 < 0) return null;
-    const u0 = Math.max(0, Math.floor((y0 * g.cw) / d.H) - 1), u1 = Math.min(g.cw - 1, Math.ceil(((y1 + 1) * g.cw) / d.H));
-    const v0 = Math.max(0, Math.floor((x0 * g.ch) / d.W) - 1), v1 = Math.min(g.ch - 1, Math.ceil(((x1 + 1) * g.ch) / d.W));
-    const bw = u1 - u0 + 1, bh = v1 - v0 + 1, m = new Uint8Array(bw * bh);
-    for (let r = 0; r < bh; r++) {
-      const x = g.xs[v0 + r];
-      if (x < x0 || x > x1) continue;
-      for (let q = 0; q < bw; q++) {
-        const y = g.ys[u0 + q];
-        if (y >= y0 && y <= y1 && inside(x, y)) m[r * bw + q] = 1;
-      }
-    }
-    const img = new ImageData(bw, bh), buf = new Uint32Array(img.data.buffer), f = rgba(fillC, fillA), e = rgba(edgeC, 1), t = wide ? 2 : 1;
-    for (let r = 0; r < bh; r++) {
-      for (let q = 0; q < bw; q++) {
-        const i = r * bw + q;
-        if (!m[i]) continue;
-        let edge = false;
-        for (let k = 1; k <= t && !edge; k++) edge = q < k || !m[i - k] || q + k >= bw || !m[i + k] || r < k || !m[i - k * bw] || r + k >= bh || !m[i + k * bw];
-        buf[i] = edge ? e : f;
-      }
-    }
-    // drawImage blends (putImageData would overwrite what another mask drew in this box).
-    blit.width = bw;
-    blit.height = bh;
-    blitCtx.putImageData(img, 0, 0);
-    ctx.drawImage(blit, u0, v0);
-    return [u0, v0, bw, bh];
-  }
 
   // ------------------------------------------------------------------ panels
 
@@ -312,8 +90,8 @@
   function redrawAll(repaint) {
     for (const s of S.sides) {
       if (!s.d || !s.d.grid) continue;
-      if (repaint) paint(s.d, S.level);
-      render(s);
+      if (repaint) paintLevel(s.d, S.level, S.sourcesOff, S.minScore);
+      renderOverlay(s, S.mode, S.opacity);
       s.hover = null;
       s.ctx.hover.clearRect(0, 0, s.d.grid.cw, s.d.grid.ch);
     }
@@ -588,7 +366,7 @@
     lv.value = String(S.level);
     updateSources();
     const tPaint0 = performance.now();
-    for (const s of S.sides) if (s.d) paint(s.d, S.level);
+    for (const s of S.sides) if (s.d) paintLevel(s.d, S.level, S.sourcesOff, S.minScore);
     const tPaint = performance.now();
     layout(); // new data has no grid yet: this sizes the canvases and draws every layer
     headers();
@@ -793,4 +571,4 @@
   }
 
   start().catch((e) => { document.body.insertAdjacentText('afterbegin', `unsam.view failed to start: ${e}`); view.startError = String(e); });
-})();
+}
