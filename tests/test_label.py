@@ -21,7 +21,8 @@ from unsam.label import LabelConfig, Labeler, config_from_dict, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "examples" / "images"
-FAST = ["--backbone", "classic", "--workers", "0", "--quiet", "--max-cuts", "3"]
+# In this process (no watching child: isolation has its own tests, tests/test_isolation.py).
+FAST = ["--backbone", "classic", "--workers", "0", "--quiet", "--max-cuts", "3", "--image-timeout", "0"]
 
 
 def _decode(ann):
@@ -100,7 +101,7 @@ def test_outputs_are_valid_nested_and_decode_to_stated_area_and_bbox(labeled):
         assert iou.max() <= 0.9
     assert (labeled / "config.yaml").is_file()
     summary = json.loads((labeled / "summary.json").read_text())
-    assert summary["images_labeled"] == 3 and summary["images_skipped"] == 0
+    assert summary["images_labeled"] == 3 and summary["images_failed"] == 0 and summary["failed"] == []
     assert set(summary["stage_s"]) >= {"features_divide", "divide", "atoms_segment", "atoms_merge", "masks", "write"}
     vis = sorted((labeled / "vis").glob("*.jpg"))
     assert len(vis) == 3 and Image.open(vis[0]).size[0] > Image.open(SAMPLES / vis[0].name).size[0]
@@ -143,15 +144,25 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path):
     Image.new("RGB", (400, 300)).save(d / "big.png")
     out = tmp_path / "out"
     code = main(["--input", str(d), "--output", str(out), *FAST, "--max-cuts", "1", "--max-pixels", "100000"])
-    assert code == 0
+    assert code == 1  # some images failed
     s = json.loads((out / "summary.json").read_text())
-    assert s["images_labeled"] == 1 and s["images_skipped"] == 4
-    reasons = {Path(x["path"]).name: x["reason"] for x in s["skipped"]}
+    assert s["images_labeled"] == 1 and s["images_failed"] == 4
+    assert {x["stage"] for x in s["failed"]} == {"decode"}
+    reasons = {Path(x["path"]).name: x["reason"] for x in s["failed"]}
     assert reasons["truncated.jpg"].startswith("corrupt")
     assert reasons["notes.jpg"].startswith("not-an-image")
     assert reasons["tiny.png"].startswith("too-small")
     assert reasons["big.png"].startswith("too-large")
     assert sorted(p.name for p in out.glob("*.json")) == ["good.json", "summary.json"]
+    # A rerun skips the failed images (still listed, still exit 1); --retry-failed takes only them.
+    assert main(["--input", str(d), "--output", str(out), *FAST, "--max-cuts", "1", "--max-pixels", "100000"]) == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images_failed_before"] == 4 and s["images_done_before"] == 1 and s["images_failed"] == 4
+    (d / "notes.jpg").unlink()
+    shutil.copy(d / "good.jpg", d / "notes.jpg")  # fixed
+    assert main(["--input", str(d), "--output", str(out), *FAST, "--max-cuts", "1", "--max-pixels", "100000", "--retry-failed"]) == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert s["images_labeled"] == 1 and s["images_failed"] == 3 and "notes.jpg" not in {Path(x["path"]).name for x in s["failed"]}
 
 
 def test_nothing_to_do_is_an_error(tmp_path, capsys):
@@ -321,19 +332,21 @@ def test_an_image_failing_in_the_cpu_stages_is_skipped_with_its_reason(tmp_path,
 
     real = pipeline.ImageStages.__call__
 
-    def tail(self, im, items, snap, feats_i, work_hw, times):
+    def tail(self, im, items, snap, feats_i, work_hw, times, name="", on_stage=None):
         if im.shape[0] == 240:  # exactly one of the samples is 240 high
+            on_stage("masks")
             raise RuntimeError("planted failure")
-        return real(self, im, items, snap, feats_i, work_hw, times)
+        return real(self, im, items, snap, feats_i, work_hw, times, name, on_stage)
 
     heights = [Image.open(p).size[1] for p in sorted(SAMPLES.glob("*.jpg"))]
     assert heights.count(240) == 1
     monkeypatch.setattr(pipeline.ImageStages, "__call__", tail)
     out = tmp_path / "out"
-    assert main(["--input", str(SAMPLES), "--output", str(out), *FAST, "--max-cuts", "1", "--batch-size", "3"]) == 0
+    assert main(["--input", str(SAMPLES), "--output", str(out), *FAST, "--max-cuts", "1", "--batch-size", "3"]) == 1
     s = json.loads((out / "summary.json").read_text())
-    assert s["images_labeled"] == 2 and s["images_skipped"] == 1
-    assert "planted failure" in s["skipped"][0]["reason"] and s["skipped"][0]["reason"].startswith("error: RuntimeError")
+    assert s["images_labeled"] == 2 and s["images_failed"] == 1
+    assert "planted failure" in s["failed"][0]["reason"] and s["failed"][0]["reason"].startswith("error: RuntimeError")
+    assert s["failed"][0]["stage"] == "masks"
     assert len([p for p in out.glob("*.json") if p.name != "summary.json"]) == 2
 
 

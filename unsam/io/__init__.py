@@ -11,7 +11,7 @@ Everything is importable from ``unsam.io`` directly.
 """
 
 from unsam.io.coco import COCO_CATEGORY, export_coco
-from unsam.io.files import atomic_writer, read_label_json, write_json_atomic
+from unsam.io.files import atomic_writer, read_label_json, remove_temp_files, write_json_atomic
 from unsam.io.images import (
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -48,6 +48,7 @@ __all__ = [
     "masks_to_rles",
     "pil_to_rgb",
     "read_label_json",
+    "remove_temp_files",
     "rle_area",
     "rle_bbox",
     "rle_to_mask",

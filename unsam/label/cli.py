@@ -5,7 +5,10 @@
 
 Each image gets ``DIR/<relative path>.json`` (written atomically); rerunning the
 same command resumes (finished images are skipped). ``DIR/config.yaml`` holds
-the resolved configuration, ``DIR/summary.json`` the run's summary.
+the resolved configuration, ``DIR/summary.json`` the run's summary, with the
+images that failed (``failed``: path, stage, reason); ``--retry-failed`` labels
+only those. Each rank labels in a watched child process (:mod:`unsam.label.supervise`):
+an exception, a crash or a stage over ``--image-timeout`` fails that image only.
 The library holds every default (``unsam.label.config.LabelConfig``); the CLI and
 ``--config FILE.yaml`` only override them.
 """
@@ -13,29 +16,30 @@ The library holds every default (``unsam.label.config.LabelConfig``); the CLI an
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import os
 import sys
-import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unsam.io import (
-    ImageDataset,
     InputError,
-    collate_images,
+    atomic_writer,
     discover_images,
-    image_record,
-    read_label_json,
+    remove_temp_files,
     write_json_atomic,
 )
 from unsam.label.config import PRESETS, LabelConfig, default_preset, label_config
+from unsam.label.run import LocalEvents, failures, label_jobs, select_jobs, state_dir
+from unsam.label.supervise import SupervisorError, run_supervised
 
 log = logging.getLogger("unsam.label")
+
+#: Default of --image-timeout: far above the slowest stage of the largest image the defaults accept
+#: (README "Labeling at scale"), far below what a hang costs in a run of millions.
+IMAGE_TIMEOUT = 300.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", required=True, type=Path, help="output folder (one JSON per image)")
     g.add_argument("--save-vis", action="store_true", help="also write an overlay picture per image under DIR/vis")
     g.add_argument("--limit", type=int, default=None, help="label at most this many images (after sorting)")
-    g.add_argument("--overwrite", action="store_true", help="relabel images that already have a valid JSON")
+    g.add_argument("--overwrite", action="store_true", help="relabel images that already have a valid JSON (and those that failed)")
+    g.add_argument(
+        "--retry-failed", action="store_true", help="label only the images an earlier run failed on (summary.json 'failed')"
+    )
     g = ap.add_argument_group("model and device")
     g.add_argument("--gpu", action="store_true", help="run on the GPU (cuda:LOCAL_RANK under torchrun)")
     g.add_argument("--backbone", default=None, help=f"feature backbone (default {d.backbone}; 'classic' needs no weights)")
@@ -73,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine", choices=["none", "edge", "snap"], default=None, help=f"mask refinement (default {d.refine})")
     g.add_argument("--max-masks", type=int, default=None, help=f"masks per image at most (default {d.masks.max_masks})")
     g.add_argument("--max-pixels", type=int, default=None, help=f"skip larger images (default {d.max_pixels})")
+    g = ap.add_argument_group("isolation")
+    g.add_argument(
+        "--image-timeout",
+        type=float,
+        default=IMAGE_TIMEOUT,
+        help="seconds an image may spend in one stage before it is recorded as failed and the run goes on "
+        f"(a batched stage of B images gets B times that); 0: label in this process, no time limit (default {IMAGE_TIMEOUT:g})",
+    )
     g = ap.add_argument_group("throughput")
     g.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers, 0: in the main process (default 2)")
@@ -129,6 +144,11 @@ def _input_root(spec: str, paths: list[Path]) -> Path:
     return Path(os.path.commonpath(parents)) if parents else Path(".").resolve()
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
 def _fmt_time(s: float) -> str:
     return f"{s * 1000:.0f} ms" if s < 10 else f"{s:.1f} s"
 
@@ -139,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     rank, world, local_rank = _dist_info()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.image_timeout < 0:
+        print(f"error: --image-timeout should be >= 0 (0: no watching child), got {args.image_timeout}", file=sys.stderr)
+        return 2
+    if args.overwrite and args.retry_failed:
+        print("error: --overwrite relabels everything; --retry-failed only the failed images: give one", file=sys.stderr)
+        return 2
     # ---------------------------------------------------------------- device
     if args.gpu:
         from unsam.kernels import has_cuda
@@ -153,17 +179,34 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
     else:
-        device = torch.device("cpu")
+        device = "cpu"
+    try:
+        cfg = make_config(args)
+        paths = discover_images(args.input)
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        paths = paths[: args.limit]
+    out_dir: Path = args.output
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{rank}-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        print(f"error: output folder {out_dir} is not writable: {e}", file=sys.stderr)
+        return 2
     dist = None
     if world > 1:
         import torch.distributed as dist
 
-        dist.init_process_group(backend="nccl" if args.gpu else "gloo")
+        # CPU collectives only (the summary): the ranks' GPUs belong to their labeling children.
+        dist.init_process_group(backend="gloo")
     try:
-        return _run(args, device, rank, world, dist)
+        return _run(args, cfg, paths, out_dir, device, rank, world, dist)
     finally:
         if dist is not None and dist.is_initialized():
             dist.destroy_process_group()
@@ -184,196 +227,103 @@ def auto_cpu_workers(gpu: bool, atoms: bool, cores: int, world: int = 1, decode_
     return min(16, max(0, cores // max(1, world) - 1 - max(0, decode_workers)))
 
 
-def _run(args, device, rank: int, world: int, dist) -> int:
-    try:
-        cfg = make_config(args)
-        paths = discover_images(args.input)
-    except (InputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.limit is not None:
-        paths = paths[: args.limit]
+def _run(args, cfg: LabelConfig, paths: list[Path], out_dir: Path, device: str, rank: int, world: int, dist) -> int:
     root = _input_root(args.input, paths)
-    out_dir: Path = args.output
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{rank}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        print(f"error: output folder {out_dir} is not writable: {e}", file=sys.stderr)
-        return 2
-    from unsam.label.pipeline import Labeler
+    if rank == 0:
+        import yaml
 
+        # What killed runs left: their temporary files (every rank's), before anyone writes.
+        for d in state_dir(out_dir).glob("tmp-r*"):
+            remove_temp_files(d)
+        text = yaml.safe_dump(
+            {**cfg.to_dict(), "_run": {"input": str(args.input), "device": device.split(":")[0], "world_size": world}},
+            sort_keys=False,
+        )
+        write_text_atomic(out_dir / "config.yaml", text)
+    if dist is not None:
+        dist.barrier()
+    jobs, done_before, failed_before = select_jobs(paths, root, out_dir, rank, world, args.overwrite, args.retry_failed)
     cpu_workers = args.cpu_workers
     if cpu_workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        cpu_workers = auto_cpu_workers(device.type == "cuda", cfg.atoms.enabled, cores, world, args.workers)
+        cpu_workers = auto_cpu_workers(device.startswith("cuda"), cfg.atoms.enabled, cores, world, args.workers)
     if cpu_workers < 0:
         print(f"error: --cpu-workers should be >= 0, got {cpu_workers}", file=sys.stderr)
         return 2
     try:
-        labeler = Labeler(cfg, device=device, cpu_workers=cpu_workers)
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        if not jobs:
+            res = {"labeled": 0, "masks": 0, "failed": [], "stage_s": {}, "wall_s": 0.0, "restarts": 0}
+        elif args.image_timeout > 0:
+            res = run_supervised(args, cfg, jobs, out_dir, rank, world, device, cpu_workers, args.image_timeout)
+        else:
+            res = _in_process(args, cfg, jobs, out_dir, rank, world, device, cpu_workers)
+    except (SupervisorError, RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        return _label_all(args, labeler, device, paths, root, out_dir, rank, world, dist)
-    finally:
-        labeler.close()
-
-
-def _label_all(args, labeler, device, paths, root, out_dir, rank: int, world: int, dist) -> int:
-    if rank == 0:
-        import yaml
-
-        write_text = yaml.safe_dump(
-            {**labeler.cfg.to_dict(), "_run": {"input": str(args.input), "device": str(device), "world_size": world}},
-            sort_keys=False,
-        )
-        (out_dir / "config.yaml").write_text(write_text)
-
-    # Each rank takes every world-th image of the sorted list: no two ranks share one.
-    jobs = []
-    done_before = 0
-    for idx in range(rank, len(paths), world):
-        p = paths[idx]
-        rel = p.resolve().relative_to(root) if p.resolve().is_relative_to(root) else Path(p.name)
-        out = out_dir / rel.with_suffix(".json")
-        if not args.overwrite and read_label_json(out) is not None:
-            done_before += 1
-            continue
-        jobs.append((idx, p, rel, out))
-
-    ds = ImageDataset([j[1] for j in jobs], max_pixels=labeler.cfg.max_pixels)
-    loader = torch.utils.data.DataLoader(
-        ds,
-        batch_size=max(1, args.batch_size),
-        num_workers=max(0, args.workers),
-        collate_fn=collate_images,
-        persistent_workers=False,
-    )
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(jobs),
-        desc=f"unsam.label[{rank}/{world}]" if world > 1 else "unsam.label",
-        unit="img",
-        disable=args.quiet or not sys.stderr.isatty() and os.environ.get("UNSAM_PROGRESS") != "1",
-        position=rank if world > 1 else None,
-    )
-    skipped: list[tuple[str, str]] = []
-    n_done = n_masks = 0
-    t_start = time.perf_counter()
-    t_wait = 0.0
-    t_write = 0.0
-    t_mark = time.perf_counter()
-    def submit(good: list) -> list:
-        """The batch's futures; if its batched stages fail, one image at a time."""
-        try:
-            return labeler.submit_batch([it["image"].numpy() for it in good])
-        except Exception as e:  # one failing batch must not end the run: retry one by one
-            log.warning("batch failed (%s); retrying its images one by one", e)
-            futs = []
-            for it in good:
-                try:
-                    futs.extend(labeler.submit_batch([it["image"].numpy()]))
-                except Exception as e1:  # noqa: BLE001
-                    f: Future = Future()
-                    f.set_exception(e1)
-                    futs.append(f)
-            return futs
-
-    def drain(good: list, futs: list) -> None:
-        nonlocal n_done, n_masks, t_write
-        for it, anns in zip(good, labeler.collect(futs, errors="return")):
-            idx, p, rel, out = jobs[it["index"]]
-            if isinstance(anns, Exception):
-                skipped.append((str(p), f"error: {type(anns).__name__}: {anns}"))
-                bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            h, w = it["image"].shape[:2]
-            record = {"image": image_record(idx + 1, rel.as_posix(), w, h), "annotations": anns}
-            try:
-                write_json_atomic(out, record)
-                if args.save_vis:
-                    from unsam.label.vis import save_overlay
-
-                    save_overlay(it["image"].numpy(), anns, out_dir / "vis" / rel.with_suffix(".jpg"))
-            except OSError as e:
-                skipped.append((str(p), f"unwritable: {e}"))
-                bar.update(1)
-                continue
-            t_write += time.perf_counter() - t0
-            n_done += 1
-            n_masks += len(anns)
-            bar.update(1)
-            bar.set_postfix(masks_per_img=f"{n_masks / n_done:.0f}")
-
-    # Batches in flight: while the workers run the CPU stages of earlier batches, this
-    # process runs the next batch's batched stages; with no workers submit() has done
-    # everything already.
-    depth = labeler.batches_in_flight(args.batch_size)
-    pending: collections.deque = collections.deque()
-    for batch in loader:
-        t_wait += time.perf_counter() - t_mark
-        good = []
-        for item in batch:
-            if item["error"] is not None:
-                skipped.append((item["path"], item["error"]))
-                bar.update(1)
-            else:
-                good.append(item)
-        if good:
-            pending.append((good, submit(good)))
-        while len(pending) > depth:
-            drain(*pending.popleft())
-        t_mark = time.perf_counter()
-    while pending:
-        drain(*pending.popleft())
-    bar.close()
-    wall = time.perf_counter() - t_start
-    times = dict(labeler.timings)
-    times["decode_wait"] = t_wait
-    times["write"] = t_write + times.pop("output", 0.0)
+        code = 2
+    else:
+        code = 0
     summary = {
         "rank": rank,
         "world_size": world,
         "images_found": len(paths),
-        "images_labeled": n_done,
+        "images_labeled": res["labeled"] if code == 0 else 0,
         "images_done_before": done_before,
-        "images_skipped": len(skipped),
-        "skipped": [{"path": p, "reason": r} for p, r in skipped],
-        "masks": n_masks,
-        "masks_per_image": n_masks / n_done if n_done else 0.0,
-        "wall_s": wall,
-        "images_per_s": n_done / wall if wall > 0 else 0.0,
-        "stage_s": times,
-        "device": str(device),
-        "backbone": labeler.cfg.backbone,
+        "images_failed_now": len(res["failed"]) if code == 0 else 0,
+        "images_failed_before": failed_before,
+        "restarts": res.get("restarts", 0) if code == 0 else 0,
+        "masks": res["masks"] if code == 0 else 0,
+        "wall_s": res["wall_s"] if code == 0 else 0.0,
+        "stage_s": res["stage_s"] if code == 0 else {},
+        "device": device,
+        "backbone": cfg.backbone,
+        "error": code,
     }
+    summary["masks_per_image"] = summary["masks"] / summary["images_labeled"] if summary["images_labeled"] else 0.0
+    summary["images_per_s"] = summary["images_labeled"] / summary["wall_s"] if summary["wall_s"] > 0 else 0.0
     summaries = [summary]
     if dist is not None:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, summary)
         summaries = gathered
+    code = max(s["error"] for s in summaries)
+    total = _combine(summaries)
+    total["failed"] = sorted(failures(out_dir).values(), key=lambda f: f["file"])
+    total["images_failed"] = len(total["failed"])
     if rank == 0:
-        total = _combine(summaries)
-        write_json_atomic(out_dir / "summary.json", total)
+        write_json_atomic(out_dir / "summary.json", total, indent=1)
         _print_summary(total, out_dir)
-    labeled = sum(s["images_labeled"] + s["images_done_before"] for s in summaries)
-    return 0 if labeled > 0 or not paths else 1
+    if code:
+        return code
+    if total["images_failed"]:
+        if rank == 0:
+            print(
+                f"unsam.label: {total['images_failed']} image(s) failed (listed in {out_dir / 'summary.json'} under 'failed'); "
+                "rerun with --retry-failed to label only those",
+                file=sys.stderr,
+            )
+        return 1
+    return 0
+
+
+def _in_process(args, cfg: LabelConfig, jobs: list, out_dir: Path, rank: int, world: int, device: str, cpu_workers: int) -> dict:
+    """--image-timeout 0: label in this process (exceptions are still per image; no time limit)."""
+    from unsam.label.pipeline import Labeler
+
+    labeler = Labeler(cfg, device=device, cpu_workers=cpu_workers)
+    events = LocalEvents(out_dir, rank)
+    try:
+        res = label_jobs(args, labeler, jobs, out_dir, rank, world, events)
+    finally:
+        labeler.close()
+    res["failed"] = events.failed_list
+    return res
 
 
 def _combine(summaries: list[dict]) -> dict:
-    if len(summaries) == 1:
-        return summaries[0]
-    keys = ("images_labeled", "images_done_before", "images_skipped", "masks")
+    keys = ("images_labeled", "images_done_before", "images_failed_now", "images_failed_before", "masks", "restarts")
     total = {k: sum(s[k] for s in summaries) for k in keys}
     total["images_found"] = summaries[0]["images_found"]
     total["world_size"] = len(summaries)
-    total["skipped"] = [x for s in summaries for x in s["skipped"]]
     total["masks_per_image"] = total["masks"] / total["images_labeled"] if total["images_labeled"] else 0.0
     total["wall_s"] = max(s["wall_s"] for s in summaries)
     total["images_per_s"] = total["images_labeled"] / total["wall_s"] if total["wall_s"] > 0 else 0.0
@@ -382,8 +332,10 @@ def _combine(summaries: list[dict]) -> dict:
         for k, v in s["stage_s"].items():
             stages[k] = stages.get(k, 0.0) + v
     total["stage_s"] = stages
-    total["per_rank"] = summaries
+    total["device"] = summaries[0]["device"]
     total["backbone"] = summaries[0]["backbone"]
+    if len(summaries) > 1:
+        total["per_rank"] = summaries
     return total
 
 
@@ -391,15 +343,15 @@ def _print_summary(s: dict, out_dir: Path) -> None:
     n = max(1, s["images_labeled"])
     print(
         f"unsam.label: {s['images_labeled']} labeled, {s['images_done_before']} already done, "
-        f"{s['images_skipped']} skipped, of {s['images_found']} found; "
+        f"{s['images_failed']} failed, of {s['images_found']} found; "
         f"{s['masks_per_image']:.0f} masks/image; {s['images_per_s']:.2f} images/s ({s['wall_s']:.1f} s)"
     )
     if s["stage_s"]:
         print("  per image: " + ", ".join(f"{k} {_fmt_time(v / n)}" for k, v in s["stage_s"].items()))
-    for x in s["skipped"][:20]:
-        print(f"  skipped {x['path']}: {x['reason']}")
-    if len(s["skipped"]) > 20:
-        print(f"  ... {len(s['skipped']) - 20} more in {out_dir / 'summary.json'}")
+    for x in s["failed"][:20]:
+        print(f"  failed {x['path']} ({x['stage']}): {x['reason']}")
+    if len(s["failed"]) > 20:
+        print(f"  ... {len(s['failed']) - 20} more in {out_dir / 'summary.json'}")
     print(f"  output: {out_dir} (one JSON per image; config.yaml, summary.json" + (", vis/)" if (out_dir / "vis").exists() else ")"))
 
 

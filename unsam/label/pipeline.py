@@ -30,10 +30,14 @@ from unsam.label.config import (
 )
 from unsam.label.conquer import conquer_batch
 from unsam.label.divide import divide_images
+from unsam.label.faults import inject
 from unsam.label.items import MaskItem
 from unsam.label.masks import COMPILED, mask_stage, working_size
 
-__all__ = ["ImageStages", "Labeler"]
+__all__ = ["WORKER_STAGE", "ImageStages", "Labeler", "die_with_parent"]
+
+#: The stage name of an image whose atoms and masks run on a CPU worker.
+WORKER_STAGE = "atoms+masks"
 
 
 def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -95,6 +99,10 @@ class Labeler:
             raise ValueError(f"cpu_workers should be >= 0, got {cpu_workers}")
         self.cpu_workers = int(cpu_workers)
         self.stages = ImageStages(self.cfg, mask_ops)
+        #: Called as ``on_stage(stage, which)`` when a stage starts, for the whole batch
+        #: (``which`` None) or for its image ``which`` (the labeling run's progress and
+        #: time limits, :mod:`unsam.label.run`).
+        self.on_stage = None
         self._pool = None
 
     def close(self) -> None:
@@ -194,16 +202,26 @@ class Labeler:
             for im in images
         ]
 
+    def _stage(self, stage: str, names: list[str], which: int | None = None) -> None:
+        """A stage starts: for the whole batch (``which`` None) or for image ``which`` of it."""
+        if self.on_stage is not None:
+            self.on_stage(stage, which)
+        inject(stage, names if which is None else names[which : which + 1])
+
     @torch.inference_mode()
-    def submit_batch(self, images: list[np.ndarray]) -> list:
+    def submit_batch(self, images: list[np.ndarray], names: list[str] | None = None) -> list:
         """Run the batched (GPU) stages now and the per-image CPU stages on the workers:
-        one future per image, for :meth:`collect`. Without workers the futures are done."""
+        one future per image, for :meth:`collect`. Without workers the futures are done.
+        ``names`` (the images' file names) go into messages; :attr:`on_stage` hears of
+        every stage as it starts."""
         from concurrent.futures import Future
 
         if not images:
             return []
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         cfg = self.cfg
         t0 = time.perf_counter()
+        self._stage("features", names)
         tens = self.to_device(images)
         feats = self.divide_features(tens)  # features
         self._sync()
@@ -211,8 +229,10 @@ class Labeler:
         self._add("features_divide", t1 - t0)
         sizes = [im.shape[:2] for im in images]
         work = [working_size(h, w, cfg.masks) for h, w in sizes]
+        self._stage("divide", names)
         regions = divide_images(feats, sizes, work, self.divide_side(), cfg.divide)  # divide
         self._add("divide", time.perf_counter() - t1)
+        self._stage("conquer", names)
         conquered = self._conquer(tens, regions, sizes, work)  # conquer
         use_feats = cfg.atoms.enabled and cfg.atoms.w_feat != 0.0
         out = []
@@ -221,12 +241,14 @@ class Labeler:
             snap = regs if cfg.atoms.enabled and cfg.atoms.snap_divide and cfg.masks.output_divide_regions else None
             fi = feats[i] if use_feats else None
             if self.cpu_workers:  # atoms and masks on a worker
-                out.append(self._submit(im, items, snap, None if fi is None else fi.cpu(), work[i]))
+                self._stage(WORKER_STAGE, names, i)
+                out.append(self._submit(im, items, snap, None if fi is None else fi.cpu(), work[i], names[i]))
                 continue
             f: Future = Future()
             try:
                 times: dict[str, float] = {}
-                f.set_result((self.stages(im, items, snap, fi, work[i], times), times))
+                hook = None if self.on_stage is None else (lambda st, i=i: self.on_stage(st, i))
+                f.set_result((self.stages(im, items, snap, fi, work[i], times, names[i], hook), times))
             except Exception as e:  # noqa: BLE001 - handed to collect(), like a worker's
                 f.set_exception(e)
             out.append(f)
@@ -268,11 +290,19 @@ class ImageStages:
         self.cfg = cfg
         self.mask_ops = mask_ops
 
-    def __call__(self, im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int], times: dict) -> list[dict]:
+    def __call__(
+        self, im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int], times: dict, name: str = "", on_stage=None
+    ) -> list[dict]:
         cfg = self.cfg
         if cfg.atoms.enabled:
+            if on_stage is not None:
+                on_stage("atoms")
+            inject("atoms", [name])
             wh, ww = work_hw
             items = items + atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats_i, times, snap)
+        if on_stage is not None:
+            on_stage("masks")
+        inject("masks", [name])
         return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times, self.mask_ops)
 
 
@@ -283,10 +313,25 @@ _STAGES: ImageStages | None = None
 def _worker_init(cfg: LabelConfig, mask_ops) -> None:
     """In a spawned worker: the per-image stages (no extractor is built)."""
     global _STAGES
+    die_with_parent()
     torch.set_num_threads(1)  # one image per worker; the workers are the parallelism
     _STAGES = ImageStages(cfg, mask_ops)
 
 
-def _worker_tail(im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int]):
+def _worker_tail(im: np.ndarray, items: list[MaskItem], snap, feats_i, work_hw: tuple[int, int], name: str):
     times: dict[str, float] = {}
-    return _STAGES(im, items, snap, feats_i, work_hw, times), times
+    return _STAGES(im, items, snap, feats_i, work_hw, times, name), times
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed when its parent dies (a worker must not outlive the
+    labeler that was killed, and go on writing); elsewhere nothing."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except OSError:
+            pass

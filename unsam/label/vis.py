@@ -203,6 +203,7 @@ def save_overlay(
     alpha: float = 0.5,
     max_side: int | None = 1024,
     titles: bool = True,
+    tmp_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write an overlay picture of hierarchical masks, one panel per level.
 
@@ -219,6 +220,8 @@ def save_overlay(
             (None: full resolution); 4 panels of a 2250-px SA-1B image would
             otherwise be 9000 px wide.
         titles: write ``level k: n masks`` at each panel's top-left corner.
+        tmp_dir: where the temporary file lives until the rename (see
+            :func:`unsam.io.atomic_writer`).
 
     Returns:
         the path written.
@@ -228,6 +231,6 @@ def save_overlay(
     if fmt is None:
         raise ValueError(f"save_overlay: {out}: unknown picture suffix, use one of {sorted(_FORMATS)}")
     arr = render_overlay(image, annotations, max_panels, alpha=alpha, max_side=max_side, titles=titles)
-    with atomic_writer(out, binary=True) as f:
+    with atomic_writer(out, binary=True, tmp_dir=tmp_dir) as f:
         Image.fromarray(arr).save(f, format=fmt[0], **fmt[1])
     return out
