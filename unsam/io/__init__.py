@@ -11,7 +11,12 @@ Everything is importable from ``unsam.io`` directly.
 """
 
 from unsam.io.coco import COCO_CATEGORY, export_coco
-from unsam.io.files import atomic_writer, read_label_json, remove_temp_files, write_json_atomic
+from unsam.io.files import (
+    atomic_writer,
+    read_label_json,
+    remove_temp_files,
+    write_json_atomic,
+)
 from unsam.io.images import (
     IMAGE_EXTENSIONS,
     ImageDataset,
