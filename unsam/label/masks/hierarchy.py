@@ -18,7 +18,9 @@ from unsam.label.masks.ops import COMPILED
 
 __all__ = [
     "best",
+    "check_forest",
     "clip_to_parents",
+    "forest",
     "ladder_flags",
     "nms_from_intersections",
     "parents_from_intersections",
@@ -136,13 +138,67 @@ def stage_parents(items: list[MaskItem], inter: np.ndarray, cfg: MaskConfig, up_
         if key is None or (cfg.levels == "partition" and not on_ladder(m)):
             continue
         p = up_of.get(key)
-        while p is not None and p not in where:  # the nearest kept ancestor
+        for _ in range(len(up_of)):  # the nearest kept ancestor (bounded: the stages' trees have no cycle)
+            if p is None or p in where:
+                break
             p = up_of.get(p)
+        else:
+            p = None
         q = where[p] if p is not None else -1
         if q >= 0 and inter[i, q] < cfg.contain * area[i]:
             q = containers[i]
         out[i] = q
-    return out
+    return forest(out, area, lambda: containers)
+
+
+def _cycle(parents: list[int]) -> list[int] | None:
+    """The masks of one cycle of the parent links, or None (one walk per mask, O(n))."""
+    state = [0] * len(parents)  # 0: unseen, 1: on the current walk, 2: done
+    for start in range(len(parents)):
+        path, i = [], start
+        while i >= 0 and state[i] == 0:
+            state[i] = 1
+            path.append(i)
+            i = parents[i]
+        if i >= 0 and state[i] == 1:
+            return path[path.index(i) :]
+        for j in path:
+            state[j] = 2
+    return None
+
+
+def forest(parents: list[int], area: np.ndarray, containers) -> list[int]:
+    """The parent links made a forest: changed only where they close a cycle.
+
+    A link to the smallest strictly larger container always goes up in area; a stage's
+    tree link may go down (a top cluster may be larger than its divide region), and mixing
+    the two can close a cycle (A's tree parent B, B's container A). In a cycle the largest
+    mask's link goes to a mask no larger than itself: it is replaced by the mask's smallest
+    strictly larger container (``containers()``, called only when a cycle exists). Each
+    replacement turns a link that does not go up into one that does, so this ends.
+    """
+    par = list(parents)
+    cont = None
+    while (cyc := _cycle(par)) is not None:
+        if cont is None:
+            cont = containers()
+        top = max(cyc, key=lambda i: (float(area[i]), -i))
+        par[top] = cont[top]
+    return par
+
+
+def check_forest(parents: list[int], levels: list[int]) -> None:
+    """The stage's promise, checked at its end (O(n)): parents are other masks of the image,
+    they form a forest, and a level grows along every link (RuntimeError otherwise: the
+    image fails with this message instead of a hierarchy that lies)."""
+    n = len(parents)
+    for i, p in enumerate(parents):
+        if not (-1 <= p < n) or p == i:
+            raise RuntimeError(f"mask stage: mask {i} has parent {p} (of {n} masks)")
+        if p >= 0 and not levels[i] > levels[p]:
+            raise RuntimeError(f"mask stage: mask {i} at level {levels[i]} is not below its parent {p} at level {levels[p]}")
+    if _cycle(parents) is not None:  # with levels growing along links a cycle is impossible; checked anyway
+        raise RuntimeError("mask stage: the parent links form a cycle")
 
 
 def prune(
@@ -192,6 +248,7 @@ def prune(
         containers = parents_from_intersections(sub, contain, ops)
         for k in np.flatnonzero(loose).tolist():
             new_parents[k] = containers[k]
+        new_parents = forest(new_parents, np.diagonal(sub), lambda: containers)
     fixed = {remap[i]: int(items[i].meta["partition_level"]) for i in remap if protected[i]}
     # With a partition ladder, the other masks hang below its finest level, so the
     # levels of the ladder stay its exact partitions (README, "The hierarchy").
@@ -200,9 +257,12 @@ def prune(
 
     def level(i: int) -> int:
         # Parents are larger in the containment forest but not always in a stage's tree
-        # (a top cluster may reach 10 % outside its divide region): follow the links.
+        # (a top cluster may reach 10 % outside its divide region): follow the links
+        # (a forest, by construction; the bound only turns a broken promise into an error).
         chain = []
         while levels[i] is None:
+            if len(chain) > len(kept):
+                raise RuntimeError("mask stage: the parent links form a cycle")
             if i in fixed:
                 levels[i] = fixed[i]
                 break

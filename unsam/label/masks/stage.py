@@ -30,6 +30,7 @@ from unsam.label.items import MaskItem
 from unsam.label.masks.config import MaskConfig
 from unsam.label.masks.hierarchy import (
     best,
+    check_forest,
     clip_to_parents,
     ladder_flags,
     nms_from_intersections,
@@ -121,6 +122,7 @@ def mask_stage(
     if changed:
         ov.update(changed)
     items, parents, levels = prune(items, parents, min_area, cfg.nms_iou, ov.inter, ladder_flags(items, cfg), cfg.contain, ops)
+    check_forest(parents, levels)
     t1 = time.perf_counter()
     anns = to_annotations(items, parents, levels, full_h, full_w, work_hw=work_hw, ops=ops)
     add("masks", t1 - t0)
