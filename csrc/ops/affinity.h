@@ -26,6 +26,8 @@ inline void check_affinity_args(const at::Tensor& feats, const std::optional<at:
               shape_str(feats));
   TORCH_CHECK(feats.size(2) >= 1, "affinity: feats should have C >= 1 channels, got shape ",
               shape_str(feats));
+  check_int32_count(feats.size(1), "affinity", "N (patches)");
+  check_finite(feats, "affinity", "feats");
   TORCH_CHECK(eps >= 0.0 && eps < 1.0, "affinity: eps should be in [0, 1), got ", eps);
   TORCH_CHECK(tau >= -1.0 && tau <= 1.0, "affinity: tau should be in [-1, 1], got ", tau);
   if (valid.has_value()) {

@@ -36,6 +36,11 @@ inline void check_lanczos_args(const at::Tensor& bits, const at::Tensor& deg,
               "lanczos_fiedler: deg should have shape [B, N] = [", bits.size(0), ", ", n,
               "], got ", shape_str(deg));
   UNSAM_CHECK_SAME_DEVICE(bits, deg, "lanczos_fiedler: bits", "deg");
+  check_int32_count(n, "lanczos_fiedler", "N (nodes)");
+  check_finite(deg, "lanczos_fiedler", "deg");
+  TORCH_CHECK_VALUE(deg.numel() == 0 || deg.min().item<double>() > 0.0,
+                    "lanczos_fiedler: deg should be positive (the degrees of an eps graph), got a minimum of ",
+                    deg.numel() ? deg.min().item<double>() : 0.0);
   TORCH_CHECK(eps > 0.0 && eps < 1.0,
               "lanczos_fiedler: eps should be in (0, 1) so every degree is positive, got ", eps);
   TORCH_CHECK(tol > 0.0, "lanczos_fiedler: tol should be > 0, got ", tol);
@@ -49,6 +54,7 @@ inline void check_lanczos_args(const at::Tensor& bits, const at::Tensor& deg,
                 "lanczos_fiedler: x0 should have shape [B, N] = [", bits.size(0), ", ", n,
                 "], got ", shape_str(v));
     UNSAM_CHECK_SAME_DEVICE(bits, v, "lanczos_fiedler: bits", "x0");
+    check_finite(v, "lanczos_fiedler", "x0");
   }
 }
 

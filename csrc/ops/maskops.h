@@ -60,5 +60,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at
 // Checks shared by the ops: boxes [K, 4] int64 inside height x width, crops of the boxes' shapes.
 void check_mask_args(const at::Tensor& boxes, at::TensorList crops, int64_t height, int64_t width,
                      const char* op);
+// mask_nms: finite scores, iou in [0, 1], intersections >= 0.
+void check_nms_args(const at::Tensor& values, const at::Tensor& scores, double iou);
+// mask_parents: inter [K, K] int64 >= 0, contain in [0, 1].
+void check_parents_args(const at::Tensor& inter, double contain);
 
 }  // namespace unsam::ops

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unsam.kernels._ext import check_device, check_finite, load, ops
+from unsam.kernels._ext import check_device, load, ops
 
 load()  # registers torch.ops.unsam.* before the fake kernels below
 
@@ -57,7 +57,6 @@ def affinity(
     """
     feats, valid, single = _as_batched(feats, valid, "affinity")
     check_device(feats, "feats", "affinity")
-    check_finite(feats, "feats", "affinity")
     if not feats.is_cuda and feats.dtype not in (torch.float32, torch.float64):
         feats = feats.float()
     bits, deg = ops().affinity(feats, valid, float(tau), float(eps))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unsam.kernels._ext import check_device, check_finite, load, ops
+from unsam.kernels._ext import check_device, load, ops
 from unsam.kernels.affinity import affinity
 
 load()
@@ -47,8 +47,6 @@ def lanczos_fiedler(
         x, lam, it = lanczos_fiedler(bits[None], deg[None], eps, tol, max_iter, None if x0 is None else x0[None])
         return x[0], lam[0], it[0]
     check_device(bits, "bits", "lanczos_fiedler")
-    if x0 is not None:
-        check_finite(x0, "x0", "lanczos_fiedler")
     return ops().lanczos_fiedler(bits, deg, x0, float(eps), float(tol), int(max_iter))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from unsam.kernels._ext import check_finite, load, ops
+from unsam.kernels._ext import load, ops
 
 load()
 
@@ -48,9 +48,7 @@ def _image(image, op: str) -> torch.Tensor:
         raise ValueError(f"{op}: image should have shape [H, W] or [H, W, C], got {tuple(t.shape)}")
     if t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{op}: image should be real-valued, got dtype {t.dtype}")
-    t = t.float()
-    check_finite(t, "image", op)
-    return t
+    return t.float()
 
 
 def graph_segment(image, ks: float | Sequence[float] = 100.0, min_size: int = 20, sigma: float = 0.8) -> torch.Tensor:
@@ -128,10 +126,8 @@ def merge_graph(
     if edges.is_floating_point():
         raise TypeError(f"{op}: edges should be an integer tensor, got dtype {edges.dtype}")
     edges = edges.long()
-    check_finite(hist, "hist", op)
     if feats is not None:
         feats = torch.as_tensor(feats).cpu().float()
-        check_finite(feats, "feats", op)
     if boxes is not None:
         boxes = torch.as_tensor(boxes).cpu().long()
     if area.shape != (n,):

@@ -193,12 +193,13 @@ class Labeler:
 
     def to_device(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         """Decoded images ([H, W, 3] uint8 RGB) as [3, H, W] float in [0, 1] on the labeler's device."""
+        # div_ in place: a 50 Mpx image is 600 MB as float32, and ``/ 255.0`` would hold two.
         return [
             torch.from_numpy(np.array(im, copy=not im.flags.writeable or not im.flags.c_contiguous))
             .to(self.device)
             .permute(2, 0, 1)
             .float()
-            / 255.0
+            .div_(255.0)
             for im in images
         ]
 
@@ -234,6 +235,7 @@ class Labeler:
         self._add("divide", time.perf_counter() - t1)
         self._stage("conquer", names)
         conquered = self._conquer(tens, regions, sizes, work)  # conquer
+        del tens  # the float images (600 MB for 50 Mpx): not needed by the per-image stages
         use_feats = cfg.atoms.enabled and cfg.atoms.w_feat != 0.0
         out = []
         for i, (im, regs, found) in enumerate(zip(images, regions, conquered)):

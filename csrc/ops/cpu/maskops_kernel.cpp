@@ -321,6 +321,7 @@ Csr read_csr(const at::Tensor& indptr_in, const at::Tensor& indices_in, const at
   m.ip = m.indptr.data_ptr<int64_t>();
   m.xi = m.indices.data_ptr<int32_t>();
   m.xv = m.values.data_ptr<int64_t>();
+  check_int32_count(m.k, op, "K (masks)");
   TORCH_CHECK(m.ip[0] == 0 && m.ip[m.k] == m.indices.size(0), op, ": indptr does not fit indices");
   for (int64_t i = 0; i < m.k; ++i) TORCH_CHECK(m.ip[i] <= m.ip[i + 1], op, ": indptr should not decrease");
   for (int64_t t = 0; t < m.ip[m.k]; ++t)
@@ -362,6 +363,7 @@ at::Tensor mask_nms_cpu(const at::Tensor& indptr_in, const at::Tensor& indices_i
   const int64_t k = m.k;
   TORCH_CHECK(scores_in.dim() == 1 && scores_in.size(0) == k, "mask_nms: scores should be [", k, "], got ",
               shape_str(scores_in));
+  check_nms_args(m.values, scores_in, iou);
   auto scores = scores_in.to(at::kDouble).contiguous();
   const double* s = scores.data_ptr<double>();
   std::vector<uint8_t> prot(k, 0);
@@ -422,10 +424,7 @@ at::Tensor mask_nms_cpu(const at::Tensor& indptr_in, const at::Tensor& indices_i
 }
 
 at::Tensor mask_parents_cpu(const at::Tensor& inter_in, double contain) {
-  TORCH_CHECK(inter_in.dim() == 2 && inter_in.size(0) == inter_in.size(1),
-              "mask_parents: inter should be [K, K], got ", shape_str(inter_in));
-  TORCH_CHECK(inter_in.scalar_type() == at::kLong, "mask_parents: inter should be int64, got ",
-              inter_in.scalar_type());
+  check_parents_args(inter_in, contain);
   const int64_t k = inter_in.size(0);
   auto inter = inter_in.contiguous();
   const int64_t* m = inter.data_ptr<int64_t>();
@@ -533,6 +532,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mask_rle_cpu(const at
                                                                         int64_t work_w, int64_t height,
                                                                         int64_t width) {
   check_mask_args(boxes, crops, work_h, work_w, "mask_rle");
+  TORCH_CHECK_VALUE(height <= (int64_t{1} << 31) / std::max<int64_t>(width, 1), "mask_rle: height * width should be < 2^31, got ",
+                    height, " x ", width);
   TORCH_CHECK(height >= work_h && width >= work_w, "mask_rle: the image (", height, " x ", width,
               ") should be at least the working resolution (", work_h, " x ", work_w, ")");
   const int64_t k = boxes.size(0);

@@ -146,6 +146,7 @@ at::Tensor graph_segment_cpu(const at::Tensor& image_in, at::ArrayRef<double> ks
                 "] should be finite and >= 0, got ", ks[i]);
   }
   TORCH_CHECK(min_size >= 0, "graph_segment: min_size should be >= 0, got ", min_size);
+  check_finite(image_in, "graph_segment", "image");
   const int64_t h = image_in.size(0), w = image_in.size(1), c = image_in.size(2);
   const int64_t s = static_cast<int64_t>(ks.size());
   auto labels = at::empty({s, h, w}, image_in.options().dtype(at::kLong));
@@ -376,6 +377,17 @@ std::tuple<at::Tensor, at::Tensor> merge_graph_cpu(const at::Tensor& hist_in,
                 n, ", 4], got ", shape_str(boxes));
   }
   TORCH_CHECK(w_fill == 0.0 || boxes.defined(), "merge_graph: w_fill != 0 needs boxes");
+  check_finite(hist_in, "merge_graph", "hist");
+  TORCH_CHECK_VALUE(hist_in.numel() == 0 || hist_in.min().item<float>() >= 0.0f, "merge_graph: hist should be >= 0");
+  if (feats.defined()) check_finite(feats, "merge_graph", "feats");
+  if (boxes.defined() && boxes.numel()) {
+    // Box areas are products of coordinates: keep them far from int64's range.
+    const auto b = boxes.view({-1, 4});
+    TORCH_CHECK_VALUE(b.min().item<int64_t>() >= 0 && b.max().item<int64_t>() < (int64_t{1} << 31),
+                      "merge_graph: boxes should have coordinates in [0, 2^31)");
+    TORCH_CHECK_VALUE(b.select(1, 2).ge(b.select(1, 0)).all().item<bool>() && b.select(1, 3).ge(b.select(1, 1)).all().item<bool>(),
+                      "merge_graph: boxes should be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0");
+  }
   auto hist = hist_in.contiguous();
   auto area = area_in.contiguous();
   auto edges = edges_in.contiguous();

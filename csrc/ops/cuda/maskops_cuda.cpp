@@ -143,10 +143,7 @@ at::Tensor mask_dense_cuda(const at::Tensor& indptr, const at::Tensor& indices, 
 }
 
 at::Tensor mask_parents_cuda(const at::Tensor& inter_in, double contain) {
-  TORCH_CHECK(inter_in.dim() == 2 && inter_in.size(0) == inter_in.size(1),
-              "mask_parents: inter should be [K, K], got ", shape_str(inter_in));
-  TORCH_CHECK(inter_in.scalar_type() == at::kLong, "mask_parents: inter should be int64, got ",
-              inter_in.scalar_type());
+  check_parents_args(inter_in, contain);
   c10::cuda::CUDAGuard device_guard(inter_in.device());
   const int64_t k = inter_in.size(0);
   const auto opts = inter_in.options();

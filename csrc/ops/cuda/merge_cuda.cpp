@@ -26,6 +26,8 @@ at::Tensor merge_levels_cuda(const at::Tensor& feats_in, const std::optional<at:
   check_merge_args(feats_in, valid_in, thr);
   TORCH_CHECK(feats_in.is_cuda(), "merge_levels: feats should be a CUDA tensor, got ",
               feats_in.device());
+  // The CPU kernel checks its rows while it reads them; here a separate pass.
+  check_finite(feats_in, "merge_levels", "feats");
   c10::cuda::CUDAGuard device_guard(feats_in.device());
   const int64_t b = feats_in.size(0), h = feats_in.size(1), w = feats_in.size(2),
                 c = feats_in.size(3);
