@@ -240,31 +240,36 @@ def test_torchrun_two_processes_share_the_work(tmp_path):
 
 
 def test_sigkill_leaves_no_half_written_json(tmp_path):
+    """SIGKILL of the labeler (its watching process: the default) at a random moment: its
+    labeling child and workers die with it (nothing goes on writing), every JSON visible is
+    complete, and the same command again finishes the rest, leaving no temporary file."""
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     src = sorted(SAMPLES.glob("*.jpg"))
     for i in range(6):
         shutil.copy(src[i % 3], imgs / f"img{i}.jpg")
     out = tmp_path / "out"
+    args = ["--input", str(imgs), "--output", str(out), "--backbone", "classic", "--workers", "1", "--quiet", "--max-cuts", "1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "unsam.label", "--input", str(imgs), "--output", str(out), *FAST, "--max-cuts", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    p = subprocess.Popen([sys.executable, "-m", "unsam.label", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("img*.json"))) < 2:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    done = list(out.glob("img*.json"))
+    done = sorted(out.glob("img*.json"))
     assert done, "nothing was written before the kill"
+    time.sleep(3)
+    assert sorted(out.glob("img*.json")) == done, "a process went on labeling after the kill"
     for f in done:
         assert json.loads(f.read_text())["annotations"]  # every visible JSON is complete
     # Resume finishes the rest without redoing the finished ones.
     stamps = {f: f.stat().st_mtime_ns for f in done}
-    assert main(["--input", str(imgs), "--output", str(out), *FAST, "--max-cuts", "1"]) == 0
+    assert main([*args, "--image-timeout", "0"]) == 0
     assert len(list(out.glob("img*.json"))) == 6
     assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())
+    leftovers = [q for q in out.rglob("*") if q.is_file() and q.name.endswith(".tmp")]
+    assert not leftovers, leftovers
 
 
 def test_clip_to_parent_gives_an_exactly_nested_hierarchy():

@@ -222,6 +222,118 @@ def test_paths_outside_the_folders_are_404(labels, tmp_path):
         assert raw_get(url, "/api/info", {"Host": "attacker.example:80"})[0] == 403
 
 
+def test_symlinks_out_of_the_folders_are_404(labels, tmp_path):
+    """Containment is decided on the resolved file: a symlink inside the label folder or the
+    image root that points out of it is not served (nor listed)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text(json.dumps(load(labels, "coco_062554.json")))
+    (outside / "secret.jpg").write_bytes((IMAGES / "coco_062554.jpg").read_bytes())
+    images = tmp_path / "images"
+    shutil.copytree(IMAGES, images)
+    (images / "link.jpg").symlink_to(outside / "secret.jpg")
+    (images / "inside_link.jpg").symlink_to(images / "coco_062554.jpg")  # inside: fine
+    lab = tmp_path / "lab"
+    shutil.copytree(labels, lab)
+    (lab / "link.json").symlink_to(outside / "secret.json")
+    (lab / "sub").symlink_to(outside, target_is_directory=True)
+    for name, file_name in (("to_link.json", "link.jpg"), ("to_inside.json", "inside_link.jpg")):
+        obj = load(lab, "coco_062554.json")
+        obj["image"]["file_name"] = file_name
+        write_json_atomic(lab / name, obj)
+    with served(lab, images) as url:
+        status, listing = get_json(url, "/api/images?limit=500&stats=0")
+        keys = [it["key"] for it in listing["items"]]
+        assert "link.json" not in keys and not any(k.startswith("sub/") for k in keys) and "to_link.json" in keys
+        for path in ("/api/label/link.json", "/api/label/sub/secret.json", "/api/image/link.json"):
+            assert raw_get(url, path)[0] == 404, path
+        status, body = raw_get(url, "/api/image/to_link.json")
+        assert status == 404 and b"outside the image root" in body
+        assert raw_get(url, "/api/image/to_inside.json")[0] == 200
+        # A label file replaced by a symlink after the listing is not read through it.
+        (lab / "coco_475678.json").unlink()
+        (lab / "coco_475678.json").symlink_to(outside / "secret.json")
+        assert raw_get(url, "/api/label/coco_475678.json")[0] == 422
+
+
+def _request(url: str, method: str, path: str, headers: dict, body: bytes | None) -> int | None:
+    """One request sent byte for byte over a socket (any bytes in the path); its status, None when
+    the server closed the connection without one."""
+    import socket
+
+    u = urllib.parse.urlsplit(url)
+    head = f"{method} ".encode() + path.encode("utf-8", "surrogateescape") + b" HTTP/1.1\r\n"
+    head += b"".join(f"{k}: {v}\r\n".encode("latin-1", "replace") for k, v in headers.items()) + b"Connection: close\r\n\r\n"
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+        try:
+            sock.sendall(head + (body or b""))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        while b"\r\n" not in data:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    line = data.split(b"\r\n", 1)[0].split()
+    return int(line[1]) if len(line) >= 2 and line[0].startswith(b"HTTP/") and line[1].isdigit() else None
+
+
+def test_bad_bodies_are_400_and_every_page_carries_a_csp(labels):
+    with served(labels) as url:
+        host = urllib.parse.urlsplit(url).netloc
+        for body in (b'{"key": "coco_062554.json", "x": Infinity, "y": 3}', b'{"key": "coco_062554.json", "x": NaN, "y": 3}',
+                     b'{"key": "coco_062554.json", "x": 1e400, "y": 3}', b'{"key": "coco_062554.json", "x": 1e300, "y": 3}',
+                     b'{"key": 5, "x": 1, "y": 3}', b'{"key": "coco_062554.json", "x": true, "y": 3}', b"[" * 5000 + b"]" * 5000,
+                     b"\xff\xfe", b'{"key": "a"}'):
+            status = _request(url, "POST", "/api/predict", {"Host": host, "Content-Type": "application/json", "Content-Length": str(len(body))}, body)
+            assert status == 400, (body[:40], status)
+        u = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        for path in ("/", "/static/app.js", "/api/info", "/nope"):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            csp = r.getheader("Content-Security-Policy") or ""
+            assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
+        conn.close()
+
+
+def test_request_fuzz_every_request_gets_an_answer(labels):
+    """Random paths, methods, headers and bodies: each gets a status line, and the server
+    keeps serving (the page's own requests still work after all of them)."""
+    rng = np.random.default_rng(0)
+    pieces = ["api", "label", "image", "images", "info", "predict", "static", "app.js", "..", "%2e%2e", "%2f", "%00", "%ff",
+              "coco_062554.json", "x" * 300, "\u00e9", "?", "#", ";", "%", "~", "index.html", ""]
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "GETT"]
+    n = 0
+    with served(labels) as url:
+        host = urllib.parse.urlsplit(url).netloc
+        for _ in range(400):
+            path = "/" + "/".join(rng.choice(pieces, size=int(rng.integers(0, 5))))
+            if rng.random() < 0.3:
+                path += "?" + "&".join(f"{rng.choice(['offset', 'limit', 'q', 'at', 'side', 'stats'])}={rng.choice(['-1', '1e9', 'x', '', '0', 'main', 'compare'])}" for _ in range(int(rng.integers(1, 4))))
+            headers = {"Host": str(rng.choice([host, host, "evil.example", "", "127.0.0.1:1"]))}
+            body = None
+            if rng.random() < 0.5:
+                body = bytes(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8)) if rng.random() < 0.5 else json.dumps(
+                    {"key": str(rng.choice(pieces)), "x": float(rng.choice([1.0, -1e308, 1e308, 3.5])), "y": int(rng.integers(-5, 5))}).encode()
+                headers["Content-Type"] = str(rng.choice(["application/json", "text/plain", "application/json; charset=utf-8"]))
+                headers["Content-Length"] = str(rng.choice([len(body), len(body), -1, 1 << 40]) if rng.random() < 0.9 else "abc")
+                if headers["Content-Length"] != str(len(body)):
+                    body = body[: max(0, min(len(body), int(headers["Content-Length"]) if headers["Content-Length"].lstrip("-").isdigit() else 0))]
+            status = _request(url, str(rng.choice(methods)), path.replace(" ", "%20"), headers, body)
+            assert status is None or 200 <= status < 600
+            n += status is not None
+        assert n >= 380  # all but connections the server closed on purpose (oversized bodies) got a status line
+        assert raw_get(url, "/api/label/coco_062554.json")[0] == 200
+        assert raw_get(url, "/api/image/coco_062554.json")[0] == 200
+        assert get_json(url, "/api/info")[0] == 200
+
+
 def make_bad_folder(labels: Path, root: Path) -> tuple[Path, Path]:
     """A label folder with every kind of bad file, and one good one, over an image root."""
     images = root / "images"

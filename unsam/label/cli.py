@@ -16,6 +16,7 @@ The library holds every default (``unsam.label.config.LabelConfig``); the CLI an
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -32,7 +33,14 @@ from unsam.io import (
     write_json_atomic,
 )
 from unsam.label.config import PRESETS, LabelConfig, default_preset, label_config
-from unsam.label.run import LocalEvents, failures, label_jobs, select_jobs, state_dir
+from unsam.label.run import (
+    LocalEvents,
+    failures,
+    label_jobs,
+    select_jobs,
+    state_dir,
+    tmp_dir,
+)
 from unsam.label.supervise import SupervisorError, run_supervised
 
 log = logging.getLogger("unsam.label")
@@ -144,8 +152,8 @@ def _input_root(spec: str, paths: list[Path]) -> Path:
     return Path(os.path.commonpath(parents)) if parents else Path(".").resolve()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_writer(path) as f:
+def write_text_atomic(path: Path, text: str, tmp: Path | None = None) -> None:
+    with atomic_writer(path, tmp_dir=tmp) as f:
         f.write(text)
 
 
@@ -199,17 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: output folder {out_dir} is not writable: {e}", file=sys.stderr)
         return 2
-    dist = None
-    if world > 1:
-        import torch.distributed as dist
-
-        # CPU collectives only (the summary): the ranks' GPUs belong to their labeling children.
-        dist.init_process_group(backend="gloo")
-    try:
-        return _run(args, cfg, paths, out_dir, device, rank, world, dist)
-    finally:
-        if dist is not None and dist.is_initialized():
-            dist.destroy_process_group()
+    # No process group: the ranks share nothing but the output folder (each takes every
+    # world-th image; each writes its summary and they are combined there), so a rank that
+    # dies and is restarted by torchrun, or a node that does, holds nobody up.
+    return _run(args, cfg, paths, out_dir, device, rank, world)
 
 
 def auto_cpu_workers(gpu: bool, atoms: bool, cores: int, world: int = 1, decode_workers: int = 2) -> int:
@@ -227,21 +228,26 @@ def auto_cpu_workers(gpu: bool, atoms: bool, cores: int, world: int = 1, decode_
     return min(16, max(0, cores // max(1, world) - 1 - max(0, decode_workers)))
 
 
-def _run(args, cfg: LabelConfig, paths: list[Path], out_dir: Path, device: str, rank: int, world: int, dist) -> int:
+def _run(args, cfg: LabelConfig, paths: list[Path], out_dir: Path, device: str, rank: int, world: int) -> int:
     root = _input_root(args.input, paths)
+    # What a killed run left: this rank's temporary files and summary (rank 0 also those of
+    # ranks a larger earlier run had), before this rank writes anything.
+    remove_temp_files(tmp_dir(out_dir, rank))
+    _rank_summary(out_dir, rank).unlink(missing_ok=True)
     if rank == 0:
         import yaml
 
-        # What killed runs left: their temporary files (every rank's), before anyone writes.
         for d in state_dir(out_dir).glob("tmp-r*"):
-            remove_temp_files(d)
+            if int(d.name[len("tmp-r") :] or 0) >= world:
+                remove_temp_files(d)
+        for f in state_dir(out_dir).glob("summary-r*.json"):
+            if int(f.stem[len("summary-r") :] or 0) >= world:
+                f.unlink(missing_ok=True)
         text = yaml.safe_dump(
             {**cfg.to_dict(), "_run": {"input": str(args.input), "device": device.split(":")[0], "world_size": world}},
             sort_keys=False,
         )
-        write_text_atomic(out_dir / "config.yaml", text)
-    if dist is not None:
-        dist.barrier()
+        write_text_atomic(out_dir / "config.yaml", text, tmp_dir(out_dir, rank))
     jobs, done_before, failed_before = select_jobs(paths, root, out_dir, rank, world, args.overwrite, args.retry_failed)
     cpu_workers = args.cpu_workers
     if cpu_workers is None:
@@ -280,29 +286,50 @@ def _run(args, cfg: LabelConfig, paths: list[Path], out_dir: Path, device: str, 
     }
     summary["masks_per_image"] = summary["masks"] / summary["images_labeled"] if summary["images_labeled"] else 0.0
     summary["images_per_s"] = summary["images_labeled"] / summary["wall_s"] if summary["wall_s"] > 0 else 0.0
-    summaries = [summary]
-    if dist is not None:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, summary)
-        summaries = gathered
-    code = max(s["error"] for s in summaries)
-    total = _combine(summaries)
-    total["failed"] = sorted(failures(out_dir).values(), key=lambda f: f["file"])
-    total["images_failed"] = len(total["failed"])
-    if rank == 0:
-        write_json_atomic(out_dir / "summary.json", total, indent=1)
-        _print_summary(total, out_dir)
+    write_json_atomic(_rank_summary(out_dir, rank), summary, indent=1, tmp_dir=tmp_dir(out_dir, rank))
+    total = _write_summary(out_dir, world, tmp_dir(out_dir, rank))
+    if total["ranks_reported"] == world:
+        _print_summary(total, out_dir)  # the whole run's (printed by the rank that saw it complete)
+    else:
+        print(f"unsam.label[{rank}/{world}]: {summary['images_labeled']} labeled, {summary['images_failed_now']} failed; "
+              f"{total['ranks_reported']} of {world} ranks done")
+    failed_here = summary["images_failed_now"] + summary["images_failed_before"]
     if code:
         return code
-    if total["images_failed"]:
-        if rank == 0:
-            print(
-                f"unsam.label: {total['images_failed']} image(s) failed (listed in {out_dir / 'summary.json'} under 'failed'); "
-                "rerun with --retry-failed to label only those",
-                file=sys.stderr,
-            )
+    if failed_here:
+        print(
+            f"unsam.label{f'[{rank}/{world}]' if world > 1 else ''}: {failed_here} image(s) failed (listed in "
+            f"{out_dir / 'summary.json'} under 'failed'); rerun with --retry-failed to label only those",
+            file=sys.stderr,
+        )
         return 1
     return 0
+
+
+def _rank_summary(out_dir: Path, rank: int) -> Path:
+    return state_dir(out_dir) / f"summary-r{rank}.json"
+
+
+def _write_summary(out_dir: Path, world: int, tmp: Path) -> dict:
+    """summary.json from the ranks' summaries written so far. Every rank writes it when it
+    ends and again while new rank summaries appear, so the last writer saw them all."""
+    seen: set[int] = set()
+    while True:
+        summaries = []
+        for r in range(world):
+            try:
+                summaries.append(json.loads(_rank_summary(out_dir, r).read_text()))
+            except (OSError, ValueError):
+                continue
+        ranks = {s["rank"] for s in summaries}
+        total = _combine(summaries)
+        total["ranks_reported"] = len(ranks)
+        total["failed"] = sorted(failures(out_dir).values(), key=lambda f: f["file"])
+        total["images_failed"] = len(total["failed"])
+        write_json_atomic(out_dir / "summary.json", total, indent=1, tmp_dir=tmp)
+        if ranks == seen:
+            return total
+        seen = ranks
 
 
 def _in_process(args, cfg: LabelConfig, jobs: list, out_dir: Path, rank: int, world: int, device: str, cpu_workers: int) -> dict:
@@ -320,10 +347,11 @@ def _in_process(args, cfg: LabelConfig, jobs: list, out_dir: Path, rank: int, wo
 
 
 def _combine(summaries: list[dict]) -> dict:
+    summaries = sorted(summaries, key=lambda s: s["rank"])
     keys = ("images_labeled", "images_done_before", "images_failed_now", "images_failed_before", "masks", "restarts")
     total = {k: sum(s[k] for s in summaries) for k in keys}
     total["images_found"] = summaries[0]["images_found"]
-    total["world_size"] = len(summaries)
+    total["world_size"] = summaries[0]["world_size"]
     total["masks_per_image"] = total["masks"] / total["images_labeled"] if total["images_labeled"] else 0.0
     total["wall_s"] = max(s["wall_s"] for s in summaries)
     total["images_per_s"] = total["images_labeled"] / total["wall_s"] if total["wall_s"] > 0 else 0.0

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAGE_DEFAULT", "PAGE_MAX", "Entry", "LabelSet", "ViewError", "image_bytes"]
+__all__ = ["PAGE_DEFAULT", "PAGE_MAX", "Entry", "LabelSet", "ViewError", "image_bytes", "resolved_inside"]
 
 log = logging.getLogger("unsam.view")
 
@@ -65,9 +65,15 @@ class ViewError(Exception):
 # --------------------------------------------------------------------------- label folders
 
 
-def _is_inside(path: str, root: str) -> bool:
-    """Lexical containment of normalised absolute paths (no ``..`` can climb out)."""
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+def resolved_inside(path: Path, root: Path) -> Path | None:
+    """``path`` with every symlink and ``..`` resolved, if that lies inside ``root`` (resolved);
+    None otherwise. Containment is decided on the real file, not on the text of its path: a
+    symlink inside a served folder that points out of it is not served."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a symlink loop
+        return None
+    return real if real.is_relative_to(root) else None
 
 
 def _input_root(spec: str, bases: list[Path]) -> Path | None:
@@ -126,7 +132,7 @@ class LabelSet:
             rel = p.relative_to(self.root)
             if any(part.startswith(".") for part in rel.parts) or (len(rel.parts) == 1 and rel.name in _SKIP_NAMES):
                 continue
-            if p.is_file():
+            if p.is_file() and resolved_inside(p, self.root) is not None:  # a symlink out of the folder is not indexed
                 keys.append(rel.as_posix())
         self.keys: list[str] = sorted(keys)
         self.index = {k: i for i, k in enumerate(self.keys)}
@@ -201,9 +207,11 @@ class LabelSet:
         ``expect_size``: (width, height) the labels must have (a compare set's
         labels are checked against the main set's image; not cached).
         """
-        path = self.root / key
         # One check per file at a time: the page asks for a file's labels and its image together.
         with self._key_locks[hash(key) % len(self._key_locks)]:
+            path = resolved_inside(self.root / key, self.root)  # again now: the file may have become a symlink
+            if path is None:
+                return b"", Entry(key, error=f"{key}: not found inside the label folder")
             try:
                 st = path.stat()
                 raw = path.read_bytes()
@@ -297,14 +305,19 @@ class LabelSet:
         """The image a label file names, inside the image root (``ViewError`` otherwise)."""
         if self.images_root is None:
             raise ViewError(f"cannot find image {file_name!r}: {self.images_how}")
-        root = str(self.images_root)
-        # Normalise lexically: a file_name with '..' or an absolute path must stay inside the root.
-        p = os.path.normpath(os.path.join(root, file_name))
-        if not _is_inside(p, root):
-            raise ViewError(f"image.file_name {file_name!r} lies outside the image root {root}; not served")
-        if not os.path.isfile(p):
+        root = self.images_root.resolve()
+        p = root / file_name  # an absolute file_name replaces the root: then it must resolve inside it
+        outside = ViewError(f"image.file_name {file_name!r} lies outside the image root {root}; not served")
+        if not Path(os.path.normpath(p)).is_relative_to(root):
+            raise outside  # by its text ('..', an absolute path elsewhere)
+        real = resolved_inside(p, root)
+        if real is None:
+            if p.exists() or p.is_symlink():
+                raise outside  # by the file it names (a symlink out of the root)
             raise ViewError(f"image not found: {p} (image.file_name {file_name!r} under {root}, from {self.images_how})")
-        return Path(p)
+        if not real.is_file():
+            raise ViewError(f"image not found: {p} is not a file (image.file_name {file_name!r}, from {self.images_how})")
+        return real
 
 
 def _orientation(im) -> int:

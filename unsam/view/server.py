@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import urllib.parse
@@ -21,6 +22,7 @@ from unsam.view.labels import (
     LabelSet,
     ViewError,
     image_bytes,
+    resolved_inside,
 )
 
 __all__ = ["PAGE_MAX", "STATIC_DIR", "Viewer", "address", "make_server"]
@@ -28,6 +30,11 @@ __all__ = ["PAGE_MAX", "STATIC_DIR", "Viewer", "address", "make_server"]
 log = logging.getLogger("unsam.view")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The page loads nothing but its own files: no inline script, no other origin, no framing.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
 
@@ -133,6 +140,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Referrer-Policy", "no-referrer")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -222,9 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self._not_found()
 
     def _static(self, name: str) -> None:
-        path = STATIC_DIR / name
-        ctype = _STATIC_TYPES.get(path.suffix)
-        if ctype is None or not path.is_file():
+        path = resolved_inside(STATIC_DIR / name, STATIC_DIR)
+        ctype = _STATIC_TYPES.get(Path(name).suffix)
+        if ctype is None or path is None or not path.is_file():
             return self._not_found()
         self._send(HTTPStatus.OK, path.read_bytes(), ctype)
 
@@ -245,10 +254,15 @@ class _Handler(BaseHTTPRequestHandler):
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             return self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send application/json"})
         try:
-            req = json.loads(body)
-            key, x, y = str(req["key"]), int(req["x"]), int(req["y"])
-        except (ValueError, KeyError, TypeError):
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": "expected {key, x, y}"})
+            req = json.loads(body, parse_constant=_no_constant)
+            key, x, y = req["key"], req["x"], req["y"]
+            if not isinstance(key, str) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
+                raise TypeError
+            if not all(math.isfinite(v) and abs(v) < 1 << 31 for v in (x, y)):
+                return self._json(HTTPStatus.BAD_REQUEST, {"error": "x and y should be finite pixel coordinates"})
+            x, y = int(x), int(y)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": "expected a JSON object {key: str, x: number, y: number}"})
         try:
             return self._json(HTTPStatus.OK, self.viewer.predict(key, x, y))
         except KeyError:
@@ -263,6 +277,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # keep-alive connections must not hold up Ctrl-C
     allow_reuse_address = True
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
