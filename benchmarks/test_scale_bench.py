@@ -124,6 +124,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _nodes(port: int, imgs: Path, out: Path) -> list[subprocess.Popen]:
+    """Node 0 first: its agent hosts the rendezvous store (as the head node of a cluster does),
+    so that killing node 1 does not take the store with it."""
+    first = _node(0, port, imgs, out)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    return [first, _node(1, port, imgs, out)]
+
+
 def _node(rank: int, port: int, imgs: Path, out: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2", "--nproc-per-node", "2", "--node-rank", str(rank),
@@ -143,7 +156,7 @@ def test_scale_two_nodes_under_torchrun(five_hundred, tmp_path):
     # 1. Two nodes of two processes: the union is the single-process labels.
     out = tmp_path / "nodes"
     port = _free_port()
-    nodes = [_node(0, port, sub, out), _node(1, port, sub, out)]
+    nodes = _nodes(port, sub, out)
     logs = [n.communicate(timeout=1800)[0] for n in nodes]
     assert all(n.returncode == 0 for n in nodes), logs[0][-3000:] + logs[1][-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -154,7 +167,7 @@ def test_scale_two_nodes_under_torchrun(five_hundred, tmp_path):
     #    then started again: the run finishes, with the single-process labels.
     out2 = tmp_path / "nodes_killed"
     port = _free_port()
-    nodes = [_node(0, port, sub, out2), _node(1, port, sub, out2)]
+    nodes = _nodes(port, sub, out2)
     deadline = time.time() + 600
     while time.time() < deadline and len(_digests(out2)) < len(ref) // 4:
         time.sleep(0.2)
