@@ -61,6 +61,12 @@ if [ -n "${UNSAM_DATA:-}" ] && [ "$(left)" -gt 60 ]; then
   s=$(date +%s)
   timeout 50 $PY -m unsam.label -i "$UNSAM_DATA/bsds500/images/val" -o /tmp/lab-gpu --backbone classic --batch-size 8 --gpu --quiet \
     >> "$OUT/label.log" 2>&1; echo "== unsam.label --gpu: rc $?, $(( $(date +%s) - s )) s, $(ls /tmp/lab-gpu/*.json 2>/dev/null | wc -l) json"
+  # Per-image isolation with --gpu: a planted crash in one image's divide fails that image only (exit 1).
+  first=$(ls "$UNSAM_DATA/bsds500/images/val" | head -1); first=${first%.jpg}
+  s=$(date +%s)
+  UNSAM_INJECT_FAULT="divide:$first:crash" timeout 60 $PY -m unsam.label -i "$UNSAM_DATA/bsds500/images/val" -o /tmp/lab-gpu-iso \
+    --backbone classic --batch-size 4 --limit 8 --gpu --quiet >> "$OUT/label.log" 2>&1
+  echo "== isolation --gpu: rc $? (1 expected), $(( $(date +%s) - s )) s, failed: $($PY -c "import json; print([f['stage'] + ' ' + f['reason'][:40] for f in json.load(open('/tmp/lab-gpu-iso/summary.json'))['failed']])" 2>&1)"
 fi
 step bench_train 100 benchmarks/test_train_bench.py --benchmark -s -q -m cuda
 echo "total: $(( $(date +%s) - T_START )) s of ${BUDGET} s"
