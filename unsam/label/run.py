@@ -150,9 +150,6 @@ class LocalEvents(Events):
 
 
 def _reason(e: BaseException) -> str:
-    reason = str(e)
-    if ": " in reason and reason.split(":", 1)[0] in ("corrupt", "not-an-image", "too-small", "too-large", "unreadable", "unsupported"):
-        return reason  # an ImageError from decoding: already "reason: message"
     return f"error: {type(e).__name__}: {e}"
 
 
