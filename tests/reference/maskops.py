@@ -115,16 +115,14 @@ def build_hierarchy(items: list[MaskItem], contain: float = 0.9, clip: bool = Tr
 
 
 def _clip_to(child: MaskItem, parent: MaskItem) -> None:
-    x0, y0, x1, y1 = child.box
-    px0, py0 = parent.box[0], parent.box[1]
-    win = np.zeros_like(child.crop)
-    ix0, iy0 = max(x0, px0), max(y0, py0)
-    ix1, iy1 = min(x1, parent.box[2]), min(y1, parent.box[3])
-    if ix1 > ix0 and iy1 > iy0:
-        win[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = parent.crop[iy0 - py0 : iy1 - py0, ix0 - px0 : ix1 - px0]
-    child.crop = child.crop & win
-
-
+    """The child intersected with its parent, through both masks pasted on a canvas that holds their boxes."""
+    x0, y0 = min(child.box[0], parent.box[0]), min(child.box[1], parent.box[1])
+    x1, y1 = max(child.box[2], parent.box[2]), max(child.box[3], parent.box[3])
+    canvas = np.zeros((2, y1 - y0, x1 - x0), bool)
+    for k, m in enumerate((child, parent)):
+        canvas[k, m.box[1] - y0 : m.box[3] - y0, m.box[0] - x0 : m.box[2] - x0] = m.crop
+    both = canvas[0] & canvas[1]
+    child.crop = both[child.box[1] - y0 : child.box[3] - y0, child.box[0] - x0 : child.box[2] - x0].copy()
 
 
 def nms_from_intersections_reference(
