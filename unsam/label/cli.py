@@ -280,6 +280,7 @@ def _run(args, cfg: LabelConfig, paths: list[Path], out_dir: Path, device: str, 
         "masks": res["masks"] if code == 0 else 0,
         "wall_s": res["wall_s"] if code == 0 else 0.0,
         "stage_s": res["stage_s"] if code == 0 else {},
+        "peak_rss_gib": res.get("peak_rss_gib", 0.0) if code == 0 else 0.0,
         "device": device,
         "backbone": cfg.backbone,
         "error": code,
@@ -354,6 +355,7 @@ def _combine(summaries: list[dict]) -> dict:
     total["world_size"] = summaries[0]["world_size"]
     total["masks_per_image"] = total["masks"] / total["images_labeled"] if total["images_labeled"] else 0.0
     total["wall_s"] = max(s["wall_s"] for s in summaries)
+    total["peak_rss_gib"] = max(s["peak_rss_gib"] for s in summaries)  # of one rank's labeling process
     total["images_per_s"] = total["images_labeled"] / total["wall_s"] if total["wall_s"] > 0 else 0.0
     stages: dict[str, float] = {}
     for s in summaries:
@@ -372,7 +374,8 @@ def _print_summary(s: dict, out_dir: Path) -> None:
     print(
         f"unsam.label: {s['images_labeled']} labeled, {s['images_done_before']} already done, "
         f"{s['images_failed']} failed, of {s['images_found']} found; "
-        f"{s['masks_per_image']:.0f} masks/image; {s['images_per_s']:.2f} images/s ({s['wall_s']:.1f} s)"
+        f"{s['masks_per_image']:.0f} masks/image; {s['images_per_s']:.2f} images/s ({s['wall_s']:.1f} s); "
+        f"peak memory {s['peak_rss_gib']:.2f} GiB"
     )
     if s["stage_s"]:
         print("  per image: " + ", ".join(f"{k} {_fmt_time(v / n)}" for k, v in s["stage_s"].items()))

@@ -251,7 +251,22 @@ def label_jobs(args, labeler, jobs: list[Job], out_dir: Path, rank: int, world: 
     times = dict(labeler.timings)
     times["decode_wait"] = stats["decode_wait"]
     times["write"] = stats["write"] + times.pop("output", 0.0)
-    return {"labeled": stats["labeled"], "masks": stats["masks"], "wall_s": time.perf_counter() - t_start, "stage_s": times}
+    return {"labeled": stats["labeled"], "masks": stats["masks"], "wall_s": time.perf_counter() - t_start, "stage_s": times,
+            "peak_rss_gib": peak_rss_gib()}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (GiB): VmHWM, which exec resets (getrusage's
+    maximum would count the parent it was forked from), else getrusage's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _loader_worker_init(_: int) -> None:

@@ -166,6 +166,7 @@ def run_supervised(args, cfg, jobs: list[Job], out_dir: Path, rank: int, world: 
         if summary is not None:
             for k, v in summary["stage_s"].items():
                 result["stage_s"][k] = result["stage_s"].get(k, 0.0) + v
+            result["peak_rss_gib"] = max(result.get("peak_rss_gib", 0.0), summary["peak_rss_gib"])
         if fatal is not None:
             raise SupervisorError(fatal)
         if summary is not None:
