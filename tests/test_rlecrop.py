@@ -10,7 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from tests.reference.rlecrop import rle_crop_area_reference, rle_crop_at_reference, rle_crop_reference
+from tests.reference.rlecrop import (
+    rle_crop_area_reference,
+    rle_crop_at_reference,
+    rle_crop_reference,
+)
 from unsam.kernels.rlecrop import pack_rles, rle_crop, rle_crop_area, rle_crop_at
 
 KINDS = ("empty", "full", "pixel", "blob", "border", "noise", "column", "last")
