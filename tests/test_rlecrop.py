@@ -175,32 +175,33 @@ def test_malformed_strings_are_errors_naming_the_mask(chars, message):
         lambda: rle_crop(packed, np.arange(3), np.arange(4)),
         lambda: rle_crop_at(packed, np.arange(3), np.arange(4), [[0, 0]]),
     ):
-        with pytest.raises(RuntimeError, match=f"mask 1: .*{message}"):
+        with pytest.raises(ValueError, match=f"mask 1: .*{message}"):
             op()
 
 
 def test_argument_errors_name_the_op_and_the_argument():
+    """Wrong shapes and dtypes are RuntimeErrors, values the op cannot use ValueErrors (as the other ops)."""
     ops = torch.ops.unsam
     packed = pack_rles([_string([12])], 3, 4)
     ch, off = packed.chars, packed.offsets
     r, c = torch.arange(3), torch.arange(4)
-    with pytest.raises(RuntimeError, match=r"rle_crop: rows should hold source indices in \[-1, 3\).*\[0, 3\]"):
+    with pytest.raises(ValueError, match=r"rle_crop: rows should hold source indices in \[-1, 3\).*\[0, 3\]"):
         ops.rle_crop(ch, off, 3, 4, torch.arange(4), c)
-    with pytest.raises(RuntimeError, match=r"rle_crop_area: cols should hold source indices in \[-1, 4\)"):
+    with pytest.raises(ValueError, match=r"rle_crop_area: cols should hold source indices in \[-1, 4\)"):
         ops.rle_crop_area(ch, off, 3, 4, r, torch.tensor([0, -2]))
     with pytest.raises(RuntimeError, match="rle_crop: rows should be int64, got Int"):
         ops.rle_crop(ch, off, 3, 4, r.int(), c)
     with pytest.raises(RuntimeError, match="rle_crop_at: chars should be uint8"):
         ops.rle_crop_at(ch.long(), off, 3, 4, r, c, torch.zeros(1, 2, dtype=torch.long))
-    with pytest.raises(RuntimeError, match=r"offsets should run from 0 to the length of chars"):
+    with pytest.raises(ValueError, match=r"offsets should run from 0 to the length of chars"):
         ops.rle_crop(ch, off + 1, 3, 4, r, c)
-    with pytest.raises(RuntimeError, match=r"offsets should be nondecreasing"):
+    with pytest.raises(ValueError, match=r"offsets should be nondecreasing"):
         ops.rle_crop(torch.cat([ch, ch]), torch.tensor([0, 3, 2]), 3, 4, r, c)
     with pytest.raises(RuntimeError, match="height and width should be >= 1"):
         ops.rle_crop(ch, off, 0, 4, r[:0], c)
-    with pytest.raises(RuntimeError, match="more pixels than int64 can count"):
+    with pytest.raises(ValueError, match="more pixels than int64 can count"):
         ops.rle_crop_area(ch, off, 2**40, 2**40, r, c)
-    with pytest.raises(RuntimeError, match=r"rle_crop_at: point 1 = \(3, 0\) is not inside the 3 x 4 crop"):
+    with pytest.raises(ValueError, match=r"rle_crop_at: point 1 = \(3, 0\) is not inside the 3 x 4 crop"):
         ops.rle_crop_at(ch, off, 3, 4, r, c, torch.tensor([[0, 0], [3, 0]]))
     with pytest.raises(RuntimeError, match=r"rle_crop_at: points should have shape \[P, 2\]"):
         ops.rle_crop_at(ch, off, 3, 4, r, c, torch.zeros(2, 3, dtype=torch.long))

@@ -1,5 +1,7 @@
 // Schemas and argument checks of the RLE crop ops (ops/rlecrop.h; CPU backends in
-// cpu/rlecrop_kernel.cpp).
+// cpu/rlecrop_kernel.cpp). As the other ops: a wrong device, shape or dtype is a
+// RuntimeError, a value the op cannot work with (indices out of range, counts past
+// int64, malformed RLE) a ValueError; both name the op and the argument.
 #include "ops/rlecrop.h"
 
 #include <torch/library.h>
@@ -16,7 +18,7 @@ void check_rle_map(const at::Tensor& map, int64_t size, const char* name, const 
   TORCH_CHECK(map.scalar_type() == at::kLong, op, ": ", name, " should be int64, got ", map.scalar_type());
   if (map.numel() == 0) return;
   const auto lo = map.min().item<int64_t>(), hi = map.max().item<int64_t>();
-  TORCH_CHECK(lo >= -1 && hi < size, op, ": ", name, " should hold source indices in [-1, ", size,
+  TORCH_CHECK_VALUE(lo >= -1 && hi < size, op, ": ", name, " should hold source indices in [-1, ", size,
               ") (-1: outside the image), got values in [", lo, ", ", hi, "]");
 }
 
@@ -26,7 +28,7 @@ void check_rle_crop_args(const at::Tensor& chars, const at::Tensor& offsets, int
                          const at::Tensor& rows, const at::Tensor& cols, const char* op) {
   TORCH_CHECK(height >= 1 && width >= 1, op, ": height and width should be >= 1, got ", height, " x ", width);
   // Run positions are flat pixel indices of the source image: they must fit int64.
-  TORCH_CHECK(height <= std::numeric_limits<int64_t>::max() / width, op, ": the image ", height, " x ", width,
+  TORCH_CHECK_VALUE(height <= std::numeric_limits<int64_t>::max() / width, op, ": the image ", height, " x ", width,
               " has more pixels than int64 can count");
   TORCH_CHECK(chars.device().is_cpu() && offsets.device().is_cpu(), op,
               ": chars and offsets should be CPU tensors (a host op), got ", chars.device(), " and ",
@@ -39,15 +41,15 @@ void check_rle_crop_args(const at::Tensor& chars, const at::Tensor& offsets, int
   const auto off = offsets.contiguous();
   const int64_t* o = off.data_ptr<int64_t>();
   const int64_t k = offsets.size(0) - 1;
-  TORCH_CHECK(o[0] == 0 && o[k] == chars.size(0), op, ": offsets should run from 0 to the length of chars (",
+  TORCH_CHECK_VALUE(o[0] == 0 && o[k] == chars.size(0), op, ": offsets should run from 0 to the length of chars (",
               chars.size(0), "), got ", o[0], " ... ", o[k]);
   for (int64_t i = 0; i < k; ++i)
-    TORCH_CHECK(o[i] <= o[i + 1], op, ": offsets should be nondecreasing, got offsets[", i, "] = ", o[i],
+    TORCH_CHECK_VALUE(o[i] <= o[i + 1], op, ": offsets should be nondecreasing, got offsets[", i, "] = ", o[i],
                 " > offsets[", i + 1, "] = ", o[i + 1]);
   check_rle_map(rows, height, "rows", op);
   check_rle_map(cols, width, "cols", op);
   // Areas are counted in crop pixels.
-  TORCH_CHECK(cols.numel() == 0 || rows.numel() <= std::numeric_limits<int64_t>::max() / cols.numel(), op,
+  TORCH_CHECK_VALUE(cols.numel() == 0 || rows.numel() <= std::numeric_limits<int64_t>::max() / cols.numel(), op,
               ": a crop of ", rows.numel(), " x ", cols.numel(), " pixels has more pixels than int64 can count");
 }
 

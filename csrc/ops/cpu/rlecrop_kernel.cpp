@@ -40,12 +40,12 @@ class CountReader {
     int k = 0;
     bool more = true;
     while (more) {
-      TORCH_CHECK(p_ < end_, op_, ": mask ", mask_, ": its RLE string ends inside a count");
+      TORCH_CHECK_VALUE(p_ < end_, op_, ": mask ", mask_, ": its RLE string ends inside a count");
       const int c = static_cast<int>(*p_) - 48;
-      TORCH_CHECK(c >= 0 && c < 64, op_, ": mask ", mask_, ": byte ", static_cast<int>(*p_), " at position ",
+      TORCH_CHECK_VALUE(c >= 0 && c < 64, op_, ": mask ", mask_, ": byte ", static_cast<int>(*p_), " at position ",
                   p_ - begin_, " of its RLE string is not an RLE character ('0'..'o')");
       // 12 groups are 60 bits; a 13th would shift past int64 (undefined in the C code).
-      TORCH_CHECK(k < 12, op_, ": mask ", mask_, ": a count of more than 12 characters at position ",
+      TORCH_CHECK_VALUE(k < 12, op_, ": mask ", mask_, ": a count of more than 12 characters at position ",
                   p_ - begin_, " of its RLE string");
       x |= static_cast<uint64_t>(c & 0x1f) << (5 * k);
       more = (c & 0x20) != 0;
@@ -55,10 +55,10 @@ class CountReader {
     }
     int64_t v = static_cast<int64_t>(x);
     if (m_ > 2) {  // after the first three, counts are deltas to the count two before
-      TORCH_CHECK(!__builtin_add_overflow(v, prev2_, &v), op_, ": mask ", mask_, ": count ", m_,
+      TORCH_CHECK_VALUE(!__builtin_add_overflow(v, prev2_, &v), op_, ": mask ", mask_, ": count ", m_,
                   " overflows int64");
     }
-    TORCH_CHECK(v >= 0, op_, ": mask ", mask_, ": count ", m_, " of its RLE is negative (", v, ")");
+    TORCH_CHECK_VALUE(v >= 0, op_, ": mask ", mask_, ": count ", m_, " of its RLE is negative (", v, ")");
     prev2_ = prev1_;
     prev1_ = v;
     ++m_;
@@ -84,13 +84,13 @@ void for_each_set_run(const uint8_t* chars, const int64_t* offsets, int64_t k, i
   int64_t pos = 0, count = 0;
   bool set = false;
   while (reader.next(count)) {
-    TORCH_CHECK(count <= total - pos, op, ": mask ", k, ": its RLE counts run past the ", total,
+    TORCH_CHECK_VALUE(count <= total - pos, op, ": mask ", k, ": its RLE counts run past the ", total,
                 " pixels of the image");
     if (set && count > 0) set_run(pos, pos + count);
     pos += count;
     set = !set;
   }
-  TORCH_CHECK(pos == total, op, ": mask ", k, ": its RLE counts cover ", pos, " pixels, not the image's ", total);
+  TORCH_CHECK_VALUE(pos == total, op, ": mask ", k, ": its RLE counts cover ", pos, " pixels, not the image's ", total);
 }
 
 // A map (output index -> source index or -1) inverted as CSR: the output indices of
@@ -202,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> rle_crop_cpu(const at::Tensor& chars, const a
   check_rle_crop_args(chars, offsets, height, width, rows, cols, "rle_crop");
   const int64_t nr = rows.size(0), nc = cols.size(0);
   const auto a = rlecrop::read_args(chars, offsets);
-  TORCH_CHECK(nr == 0 || nc == 0 || a.k <= std::numeric_limits<int64_t>::max() / nr / nc, "rle_crop: ", a.k,
+  TORCH_CHECK_VALUE(nr == 0 || nc == 0 || a.k <= std::numeric_limits<int64_t>::max() / nr / nc, "rle_crop: ", a.k,
               " masks of ", nr, " x ", nc, " pixels have more pixels than int64 can count");
   auto masks = at::empty({a.k, nr, nc}, chars.options().dtype(at::kBool));
   if (masks.numel() >= (int64_t{4} << 20)) rlecrop::advise_huge_pages(masks.data_ptr(), masks.numel());
@@ -303,7 +303,7 @@ at::Tensor rle_crop_at_cpu(const at::Tensor& chars, const at::Tensor& offsets, i
   flat.reserve(np);
   for (int64_t p = 0; p < np; ++p) {
     const int64_t i = pp[2 * p], j = pp[2 * p + 1];
-    TORCH_CHECK(0 <= i && i < nr && 0 <= j && j < nc, "rle_crop_at: point ", p, " = (", i, ", ", j,
+    TORCH_CHECK_VALUE(0 <= i && i < nr && 0 <= j && j < nc, "rle_crop_at: point ", p, " = (", i, ", ", j,
                 ") is not inside the ", nr, " x ", nc, " crop");
     if (rv[i] >= 0 && cv[j] >= 0) flat.emplace_back(cv[j] * height + rv[i], p);
   }
