@@ -228,3 +228,30 @@ def test_cuda_tensors_are_refused_with_a_message():
     p = pack_rles([_string([12])], 3, 4)
     with pytest.raises(RuntimeError, match="rle_crop: got a CUDA tensor, but the RLE crop ops are host ops"):
         torch.ops.unsam.rle_crop(p.chars.cuda(), p.offsets.cuda(), 3, 4, torch.arange(3).cuda(), torch.arange(4).cuda())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.binary(max_size=12), min_size=1, max_size=4),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    valid_chars=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_random_strings_decode_as_pycocotools_or_are_value_errors(data, h, w, valid_chars, seed):
+    """Garbage in: the ops decode what pycocotools decodes (strings whose counts cover the image
+    exactly) and refuse the rest with a ValueError naming the op and the mask; never a crash."""
+    if valid_chars:  # RLE characters only: mostly well-formed strings with wrong counts
+        data = [bytes(48 + (b % 64) for b in d) for d in data]
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.integers(-1, h, 5), rng.integers(-1, w, 4)
+    packed = pack_rles(data, h, w)
+    try:
+        masks, _ = rle_crop(packed, rows, cols)
+    except ValueError as e:
+        assert str(e).startswith("rle_crop: mask ")
+        with pytest.raises(ValueError, match="rle_crop_area: mask "):
+            rle_crop_area(packed, rows, cols)
+        return
+    rles = [{"size": [h, w], "counts": d} for d in data]
+    assert np.array_equal(masks.numpy(), rle_crop_reference(rles, rows, cols)[0])
