@@ -6,6 +6,7 @@
 - :func:`graph_segment` — Felzenszwalb–Huttenlocher atoms (union-find), several scales.
 - :func:`merge_graph` — a region graph merged to the end (a dendrogram).
 - :mod:`unsam.kernels.maskops` — the mask stage's ops (overlaps, NMS, parents, RLE).
+- :mod:`unsam.kernels.rlecrop` — training crops straight from RLE (areas, masks, point values).
 
 Each op's slow Python reference lives beside the tests (``tests/reference/``) and is
 their oracle.

@@ -5,8 +5,9 @@ Augmentation (:class:`MaskDataset`, training): scale jitter (the longer side
 becomes ``crop_size × U[scale_min, scale_max]``), a random ``crop_size`` square
 crop (zero padding where the image is smaller), horizontal flip; at most
 ``max_masks`` masks per crop, drawn at random among those left visible. Masks
-are decoded one at a time and only inside the crop window, so SA-1B-size
-images with hundreds of masks cost one full mask of memory at a time.
+are read straight from their RLE at the crop's resolution (:mod:`unsam.train.targets`:
+areas from the runs, then only the kept masks decoded, all in one call), so no
+full-size mask is ever formed, whatever the image's size.
 
 Every random choice of a sample comes from a generator seeded with (run seed,
 epoch, image index): a sample is the same whichever rank, worker or batch
@@ -24,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 
 from unsam.io import ImageError, load_image
 from unsam.io.datasets import DatasetError, Record, load_records, rle_areas
+from unsam.train.targets import click_targets, crop_masks
 
 __all__ = [
     "DatasetError",
@@ -152,65 +153,20 @@ class MaskDataset(torch.utils.data.Dataset):
         cand = np.flatnonzero(meets)
         cand = cand[rng.permutation(cand.size)]
         item: dict[str, Any] = {"image": image, "valid": (ch, cw), "seed": seed, "index": index}
+        # The crop's source rows and columns, -1 on the padding: the masks come out S x S.
+        rows = np.full(s, -1, np.int64)
+        rows[:ch] = ys
+        cols = np.full(s, -1, np.int64)
+        cols[:cw] = xs
+        counts = [rec.rles[i]["counts"] for i in cand]
         if self.clicks > 0:
-            masks, points, targets = self._clicks(rec, cand, ys, xs, rng)
+            item["masks"], points, targets = click_targets(
+                counts, cand, h0, w0, rows, cols, (ch, cw), self.min_mask_area, self.clicks, self.max_click_targets, rng
+            )
             item.update(points=points, click_targets=targets)
         else:
-            masks = []
-            for i in cand:
-                m = self._decode(rec, i, ys, xs)
-                if m is not None:
-                    masks.append(m)
-                    if len(masks) >= self.max_masks:
-                        break
-        out = torch.zeros(len(masks), s, s, dtype=torch.bool)
-        for k, m in enumerate(masks):
-            out[k, :ch, :cw] = torch.from_numpy(m)
-        item["masks"] = out
+            item["masks"] = crop_masks(counts, h0, w0, rows, cols, self.min_mask_area, self.max_masks)
         return item
-
-    def _decode(self, rec: Record, i: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray | None:
-        full = mask_utils.decode(rec.rles[i])
-        m = full[ys[:, None], xs[None, :]].astype(bool)
-        return m if int(m.sum()) >= self.min_mask_area else None
-
-    def _clicks(self, rec: Record, cand: np.ndarray, ys: np.ndarray, xs: np.ndarray, rng: np.random.Generator):
-        """Clicks inside random masks, each with every visible mask that contains it as targets."""
-        from scipy.ndimage import distance_transform_edt
-
-        decoded: dict[int, np.ndarray] = {}
-        for i in cand:  # all visible masks: a click's targets can be any of them
-            m = self._decode(rec, int(i), ys, xs)
-            if m is not None:
-                decoded[int(i)] = m
-        keys = list(decoded)
-        p = self.clicks
-        points = torch.zeros(p, 2)
-        targets = torch.full((p, self.max_click_targets), -1, dtype=torch.long)
-        if not keys:
-            return [], points, targets
-        chosen = rng.choice(len(keys), size=p, replace=len(keys) < p)
-        used: dict[int, int] = {}  # record mask index -> output index
-        areas = {k: int(v.sum()) for k, v in decoded.items()}
-        for c, ki in enumerate(chosen):
-            m = decoded[keys[ki]]
-            # A click near the mask's centre: pixels drawn with weight (distance to the border)^2,
-            # so clicks avoid the fuzzy borders of pseudo-masks and stay inside non-convex shapes.
-            dt = distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-            w = (dt * dt).ravel()
-            flat = int(rng.choice(w.size, p=w / w.sum()))
-            y, x = divmod(flat, m.shape[1])
-            points[c] = torch.tensor([x + 0.5, y + 0.5])
-            holders = sorted((k for k in keys if decoded[k][y, x]), key=lambda k: (areas[k], k))
-            if len(holders) > self.max_click_targets:  # spread over granularities
-                pick = np.linspace(0, len(holders) - 1, self.max_click_targets).round().astype(int)
-                holders = [holders[j] for j in pick]
-            for t, k in enumerate(holders):
-                if k not in used:
-                    used[k] = len(used)
-                targets[c, t] = used[k]
-        masks = [decoded[k] for k in sorted(used, key=used.get)]
-        return masks, points, targets
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
