@@ -220,7 +220,7 @@ def test_scale_fuzz_long():
         written += fz.run_case(seed)
     t1 = time.perf_counter()
     for op, fn in sorted(fo.OPS.items()):
-        for seed in range(fo.N_PER_OP, fo.N_PER_OP + 10_000 * (2 if op == "maskops" else 1)):
+        for seed in range(fo.N_PER_OP, fo.N_PER_OP + 10_000 * fo.SHARED.get(op, 1)):
             fn(np.random.default_rng([seed, sorted(fo.OPS).index(op)]))
     record("scale_fuzz", [dict(mask_stage_inputs=100_000, annotations=written, mask_stage_s=t1 - t0,
-                               op_inputs=10_000 * (len(fo.OPS) + 1), ops_s=time.perf_counter() - t1, hangs=0, crashes=0)])
+                               op_inputs=10_000 * sum(fo.SHARED.get(op, 1) for op in fo.OPS), ops_s=time.perf_counter() - t1, hangs=0, crashes=0)])

@@ -3,7 +3,7 @@ invalid inputs (NaN and infinity, wrong dtypes and shapes, values out of range, 
 counts overflow) it raises an error that names the op, never returns, crashes or hangs.
 
 ``N_PER_OP`` random inputs per op function here (1 000, about half of them invalid; the
-mask ops share 2 000, each of the five seeing more than 1 000), the fuzz benchmark
+five mask ops share 2 000, the three RLE crop ops 2 000, each op seeing more than 1 000), the fuzz benchmark
 (``benchmarks/test_fuzz_bench.py``) ten times more. Small sizes keep the references fast.
 """
 
@@ -26,6 +26,11 @@ from tests.reference.maskops import (
     parents_from_intersections_reference,
     rle_reference,
 )
+from tests.reference.rlecrop import (
+    rle_crop_area_reference,
+    rle_crop_at_reference,
+    rle_crop_reference,
+)
 from unsam.kernels import (
     affinity,
     graph_segment,
@@ -35,6 +40,7 @@ from unsam.kernels import (
     unpack_bits,
 )
 from unsam.kernels.maskops import mask_nms, mask_overlaps_upper, mask_parents, mask_rle
+from unsam.kernels.rlecrop import pack_rles, rle_crop, rle_crop_area, rle_crop_at
 from unsam.kernels.segment import adjacent_pairs
 from unsam.label.items import MaskItem
 
@@ -198,6 +204,35 @@ def fuzz_maskops(rng: np.random.Generator) -> None:
     assert got[0] == want[0] and np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
 
 
+def fuzz_rlecrop(rng: np.random.Generator) -> None:
+    """rle_crop_area, rle_crop and rle_crop_at on one input: random masks, a random crop map
+    (scaled, flipped, padded with -1)."""
+    from pycocotools import mask as mask_utils
+
+    h, w = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+    masks = rng.random((int(rng.integers(0, 8)), h, w)) < rng.uniform(0, 1)
+    rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    packed = pack_rles([r["counts"] for r in rles], h, w)
+    rows = np.sort(rng.integers(-1, h, int(rng.integers(0, 25))))
+    cols = np.sort(rng.integers(-1, w, int(rng.integers(0, 25))))[:: 1 if rng.random() < 0.5 else -1].copy()
+    points = np.stack([rng.integers(0, max(1, len(rows)), 6), rng.integers(0, max(1, len(cols)), 6)], 1) if len(rows) and len(cols) else np.zeros((0, 2), np.int64)
+    bad = rng.integers(8)
+    if bad == 0:
+        return expect_error(lambda: rle_crop(packed, np.append(rows, h), cols), "rle_crop")
+    if bad == 1:
+        return expect_error(lambda: rle_crop_area(packed, rows, np.append(cols, -2)), "rle_crop_area")
+    if bad == 2 and len(rles):
+        junk = pack_rles([b"\x7f!!"] + [r["counts"] for r in rles[1:]], h, w)  # not a COCO counts string
+        return expect_error(lambda: rle_crop(junk, rows, cols), "rle_crop")
+    if bad == 3 and len(points):
+        return expect_error(lambda: rle_crop_at(packed, rows, cols, points + len(rows) + len(cols) + 1), "rle_crop_at")
+    got, boxes = rle_crop(packed, rows, cols)
+    want, want_boxes = rle_crop_reference(rles, rows, cols)
+    assert np.array_equal(got.numpy(), want) and np.array_equal(boxes.numpy(), want_boxes)
+    assert np.array_equal(rle_crop_area(packed, rows, cols).numpy(), rle_crop_area_reference(rles, rows, cols))
+    assert np.array_equal(rle_crop_at(packed, rows, cols, points).numpy(), rle_crop_at_reference(rles, rows, cols, points))
+
+
 OPS = {
     "affinity": fuzz_affinity,
     "lanczos_fiedler": fuzz_lanczos,
@@ -205,13 +240,18 @@ OPS = {
     "graph_segment": fuzz_segment,
     "merge_graph": fuzz_merge_graph,
     "maskops": fuzz_maskops,  # mask_overlaps, mask_dense, mask_nms, mask_parents, mask_rle on each input
+    "rlecrop": fuzz_rlecrop,  # rle_crop_area, rle_crop, rle_crop_at on each input
 }
+
+
+#: Functions whose inputs several ops share get more, so that each of those ops sees over 1 000.
+SHARED = {"maskops": 2, "rlecrop": 2}
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_op_fuzz(op):
     fn = OPS[op]
-    for seed in range(N_PER_OP * (2 if op == "maskops" else 1)):
+    for seed in range(N_PER_OP * SHARED.get(op, 1)):
         try:
             fn(np.random.default_rng([seed, sorted(OPS).index(op)]))
         except AssertionError as e:
