@@ -42,11 +42,11 @@ class CRFParams:
 PUBLISHED_CRF = CRFParams()
 
 
-def _as_tensor(x, name: str) -> torch.Tensor:
+def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
-    a = np.asarray(x)
-    return torch.from_numpy(np.ascontiguousarray(a))
+    # A writable, contiguous array (a decoded image may be read-only; torch warns on those).
+    return torch.from_numpy(np.require(np.asarray(x), requirements=("C", "W")))
 
 
 def dense_crf(
@@ -69,8 +69,8 @@ def dense_crf(
         like ``masks`` and on its device.
     """
     op = "dense_crf"
-    img = _as_tensor(image, "image")
-    m = _as_tensor(masks, "masks")
+    img = _as_tensor(image)
+    m = _as_tensor(masks)
     device = m.device
     if img.dim() != 3 or img.shape[-1] != 3:
         raise ValueError(f"{op}: image should have shape [H, W, 3], got {tuple(img.shape)}")

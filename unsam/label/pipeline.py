@@ -211,7 +211,7 @@ class Labeler:
         self._add("features_divide", t1 - t0)
         sizes = [im.shape[:2] for im in images]
         work = [working_size(h, w, cfg.masks) for h, w in sizes]
-        regions = divide_images(feats, sizes, work, self.divide_side(), cfg.divide)  # divide
+        regions = divide_images(feats, sizes, work, self.divide_side(), cfg.divide, images, cfg.crf)  # divide
         self._add("divide", time.perf_counter() - t1)
         conquered = self._conquer(tens, regions, sizes, work)  # conquer
         use_feats = cfg.atoms.enabled and cfg.atoms.w_feat != 0.0
@@ -273,7 +273,7 @@ class ImageStages:
         if cfg.atoms.enabled:
             wh, ww = work_hw
             items = items + atom_masks(_resized(im, wh, ww), cfg.atoms, cfg.atoms.w_feat, feats_i, times, snap)
-        return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times, self.mask_ops)
+        return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times, self.mask_ops, cfg.crf)
 
 
 # ---------------------------------------------------------------- CPU workers
