@@ -5,7 +5,10 @@
 // mask's result does not depend on the masks beside it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <new>
+#include <vector>
 
 namespace unsam::ops::cpu {
 
@@ -37,6 +40,24 @@ UNSAM_CRF_INLINE vf8 crf_exp(vf8 x) {
 
 // The foreground's marginal from its log-odds.
 UNSAM_CRF_INLINE vf8 crf_sigmoid(vf8 x) { return 1.0f / (1.0f + crf_exp(-x)); }
+
+// Tables of rows start on a cache line: with malloc's 16-byte alignment every 32-byte row
+// would sit across a 32-byte boundary and one in two across a cache line (split loads and
+// stores, no store-to-load forwarding on the splat's read-modify-write chains).
+template <class T>
+struct LineAligned {
+  using value_type = T;
+  LineAligned() = default;
+  template <class U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(std::size_t k) { return static_cast<T*>(::operator new(k * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const LineAligned<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const LineAligned<U>&) const { return false; }
+};
+using RowTable = std::vector<float, LineAligned<float>>;
 
 // Row r of a table of eight floats per row.
 UNSAM_CRF_INLINE const vf8* crf_row(const float* table, int64_t r) { return reinterpret_cast<const vf8*>(table + r * 8); }

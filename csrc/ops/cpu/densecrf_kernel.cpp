@@ -49,13 +49,14 @@ constexpr int64_t kLanes = 8;
 constexpr int64_t kPrefetch = 16;
 
 // One kernel of the CRF on one image: its lattice; per point and corner the splat weight
-// (barycentric x n) and the slice weight (barycentric x alpha x n x 2 w); c per point.
+// (barycentric x n); the slice weight is that times slice_scale (alpha x 2 w), taken in a
+// register (the same float product; one stream fewer for the passes to read); c per point.
 template <int D>
 struct CrfKernel {
   Lattice<D> lat;
   std::vector<float> splat_w;  // [n][D + 1]
-  std::vector<float> slice_w;  // [n][D + 1]
-  std::vector<float> c;        // [n]
+  float slice_scale = 0.0f;
+  std::vector<float> c;  // [n]
 };
 
 template <int D, class Feature>
@@ -71,12 +72,8 @@ CrfKernel<D> make_crf_kernel(int64_t n, Feature feature, float compat) {
   k.c.resize(n);
   for (int64_t p = 0; p < n; ++p) k.c[p] = filtered[p] * norm[p];
   k.splat_w.resize(n * D1);
-  k.slice_w.resize(n * D1);
-  const float scale = Lattice<D>::alpha() * 2.0f * compat;
-  for (int64_t e = 0; e < n * D1; ++e) {
-    k.splat_w[e] = k.lat.weight[e] * norm[e / D1];
-    k.slice_w[e] = k.lat.weight[e] * norm[e / D1] * scale;
-  }
+  k.slice_scale = Lattice<D>::alpha() * 2.0f * compat;
+  for (int64_t e = 0; e < n * D1; ++e) k.splat_w[e] = k.lat.weight[e] * norm[e / D1];
   return k;
 }
 
@@ -108,58 +105,72 @@ struct PassArgs {
   int64_t n;
 };
 
-template <int D>
-UNSAM_CRF_INLINE void slice_add(const CrfKernel<D>& k, const float* __restrict t, int64_t p, vf8& acc) {
-  constexpr int D1 = D + 1;
-  const int32_t* off = k.lat.offset.data() + p * D1;
-  const float* w = k.slice_w.data() + p * D1;
-  for (int r = 0; r < D1; ++r) acc += w[r] * *crf_row(t, off[r]);
-}
-
-template <int D>
-UNSAM_CRF_INLINE void splat_add(const CrfKernel<D>& k, float* __restrict t, int64_t p, vf8 q) {
-  constexpr int D1 = D + 1;
-  const int32_t* off = k.lat.offset.data() + p * D1;
-  const float* w = k.splat_w.data() + p * D1;
-  for (int r = 0; r < D1; ++r) *crf_row(t, off[r]) += w[r] * q;
-}
-
-// One pass over the points: delta = u (+ base and both kernels' messages unless first);
-// last: delta goes to out; else q = sigmoid(delta) is splatted into the next tables.
-UNSAM_CRF_INLINE void point_pass(const PassArgs& a) {
+// One pass over the points: delta = u (+ base and both kernels' messages unless First);
+// Last: delta goes to out; else q = sigmoid(delta) is splatted into the next tables. The
+// pass kind is a template argument and every pointer a local: the tables' rows may alias
+// anything, so fields read through `a` would be read again after every store.
+template <bool First, bool Last, bool Soft>
+UNSAM_CRF_INLINE void point_pass_t(const PassArgs& a) {
   const vi8 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
-  const int32_t* boff = a.b->lat.offset.data();
-  const int64_t PF = kPrefetch;
-  for (int64_t p = 0; p < a.n; ++p) {
-    if (p + PF < a.n) {
+  const int32_t* __restrict goff = a.g->lat.offset.data();
+  const float* __restrict gw = a.g->splat_w.data();
+  const int32_t* __restrict boff = a.b->lat.offset.data();
+  const float* __restrict bw = a.b->splat_w.data();
+  const float gs = a.g->slice_scale, bs = a.b->slice_scale;
+  const float* __restrict base = a.base;
+  const uint8_t* __restrict bits = a.bits;
+  const float* U = a.U;
+  const float* cg = a.cg;
+  const float* cb = a.cb;
+  float* ng = a.ng;
+  float* nb = a.nb;
+  float* out = a.out;
+  const vf8 von = vf8{} + a.u_on, voff = vf8{} + a.u_off;
+  const int64_t n = a.n, PF = kPrefetch;
+  for (int64_t p = 0; p < n; ++p) {
+    if (p + PF < n) {
       // The bilateral corners a few points ahead: their rows are scattered over the table.
       const int32_t* o = boff + (p + PF) * 6;
       for (int r = 0; r < 6; ++r) {
-        if (!a.first) __builtin_prefetch(a.cb + static_cast<int64_t>(o[r]) * kLanes, 0);
-        if (!a.last) __builtin_prefetch(a.nb + static_cast<int64_t>(o[r]) * kLanes, 1);
+        if (!First) __builtin_prefetch(cb + static_cast<int64_t>(o[r]) * kLanes, 0);
+        if (!Last) __builtin_prefetch(nb + static_cast<int64_t>(o[r]) * kLanes, 1);
       }
     }
+    const int32_t* go = goff + p * 3;
+    const float* gwp = gw + p * 3;
+    const int32_t* bo = boff + p * 6;
+    const float* bwp = bw + p * 6;
     vf8 acc;
-    if (a.U) {
-      acc = *crf_row(a.U, p);
+    if (Soft) {
+      acc = *crf_row(U, p);
     } else {
-      const vi8 on = ((vi8{} + a.bits[p]) & lane_bit) != 0;
-      acc = on ? vf8{} + a.u_on : vf8{} + a.u_off;
+      const vi8 on = ((vi8{} + bits[p]) & lane_bit) != 0;
+      acc = on ? von : voff;
     }
-    if (!a.first) {
-      acc += a.base[p];
-      slice_add<2>(*a.g, a.cg, p, acc);
-      slice_add<5>(*a.b, a.cb, p, acc);
+    if (!First) {
+      acc += base[p];
+      for (int r = 0; r < 3; ++r) acc += (gwp[r] * gs) * *crf_row(cg, go[r]);
+      for (int r = 0; r < 6; ++r) acc += (bwp[r] * bs) * *crf_row(cb, bo[r]);
     }
-    if (a.last) {
-      *crf_row(a.out, p) = acc;
+    if (Last) {
+      *crf_row(out, p) = acc;
       continue;
     }
     const vf8 q = crf_sigmoid(acc);
-    splat_add<2>(*a.g, a.ng, p, q);
-    splat_add<5>(*a.b, a.nb, p, q);
+    for (int r = 0; r < 3; ++r) *crf_row(ng, go[r]) += gwp[r] * q;
+    for (int r = 0; r < 6; ++r) *crf_row(nb, bo[r]) += bwp[r] * q;
   }
 }
+
+template <bool Soft>
+UNSAM_CRF_INLINE void point_pass_s(const PassArgs& a) {
+  if (a.first && a.last) return point_pass_t<true, true, Soft>(a);
+  if (a.first) return point_pass_t<true, false, Soft>(a);
+  if (a.last) return point_pass_t<false, true, Soft>(a);
+  point_pass_t<false, false, Soft>(a);
+}
+
+UNSAM_CRF_INLINE void point_pass(const PassArgs& a) { a.U ? point_pass_s<true>(a) : point_pass_s<false>(a); }
 
 // Blur along one axis: out[v] = t[v] + 0.5 (t[left] + t[right]) (the library's order).
 UNSAM_CRF_INLINE void blur_pass(const int32_t* __restrict nbr, const float* __restrict t, float* __restrict out,
@@ -201,9 +212,9 @@ void crf_blur(const int32_t* nbr, const float* t, float* out, int64_t m) { crf_b
 // the point pass slices one and splats into the other, which the blur then ping-pongs
 // with the first (free by then); the result becomes the one sliced next.
 struct Tables {
-  std::vector<float> t[2];
+  cpu::RowTable t[2];
   int cur = 0;
-  explicit Tables(int64_t m) : t{std::vector<float>((m + 1) * kLanes), std::vector<float>((m + 1) * kLanes)} {}
+  explicit Tables(int64_t m) : t{cpu::RowTable((m + 1) * kLanes), cpu::RowTable((m + 1) * kLanes)} {}
   float* current() { return t[cur].data(); }
   float* next() { return t[1 - cur].data(); }
   void reset() {
@@ -227,8 +238,8 @@ struct Tables {
 // One thread's buffers, reused by its groups.
 struct Workspace {
   std::vector<uint8_t> bits;  // [n]
-  std::vector<float> U;       // [n][8] (float masks only)
-  std::vector<float> delta;   // [n][8]
+  cpu::RowTable U;            // [n][8] (float masks only)
+  cpu::RowTable delta;        // [n][8]
   Tables tg, tb;
   Workspace(int64_t n, int64_t mg, int64_t mb, bool soft)
       : bits(n), U(soft ? n * kLanes : 0), delta(n * kLanes), tg(mg), tb(mb) {}
