@@ -5,8 +5,9 @@ and by the parity benchmark on BSDS500 val (``benchmarks/test_parity_bench.py``)
 sides see the same image and the same backbone:
 
 - ``maskcut``: :func:`benchmarks.published.maskcut.run_maskcut` with
-  :data:`~benchmarks.published.rules.MASKCUT_PRESET` on the preset's divide features;
-  the same count of masks, each matched one to one at IoU >= 0.99.
+  :data:`~benchmarks.published.rules.MASKCUT_PRESET` on the preset's divide features (the
+  CRF step with pydensecrf2 on the port's side, ``unsam.kernels.dense_crf`` on the
+  preset's); the same count of masks, each matched one to one at IoU >= 0.99.
 - ``unsam``: the preset's divide written with dense solvers (``tests/reference/divide.py``)
   feeding :func:`benchmarks.published.unsam.run_unsam` with
   :data:`~benchmarks.published.rules.UNSAM_PRESET`; masks matched one to one at
@@ -53,11 +54,11 @@ def _divide_feats(lab, image: np.ndarray) -> torch.Tensor:
         return lab.divide_features([t])[0].cpu()
 
 
-def maskcut_parity(lab, image: np.ndarray) -> dict:
-    """The ``maskcut`` preset (``lab``) against the released MaskCut on one image."""
+def maskcut_parity(lab, image: np.ndarray, rules=MASKCUT_PRESET) -> dict:
+    """The ``maskcut`` preset (``lab``) against the released MaskCut (with ``rules``) on one image."""
     ours = decode(lab.label_batch([image])[0])
     d = lab.cfg.divide
-    ref = run_maskcut(_divide_feats(lab, image), image.shape[:2], lab.divide_side(), d.tau, d.max_cuts, d.eps, MASKCUT_PRESET)
+    ref = run_maskcut(_divide_feats(lab, image), image.shape[:2], lab.divide_side(), d.tau, d.max_cuts, d.eps, rules, image=image)
     pairs, iou = match(ref, ours, 0.99)
     return {"ref": len(ref), "ours": len(ours), "matched": len(pairs), "min_iou": float(min((iou[i, j] for i, j in pairs), default=1.0))}
 

@@ -80,11 +80,12 @@ def _labeler(method: str):
     return lambda im: label_image(im, method)
 
 
-def _label_set(method: str, paths: list[Path], out: Path) -> dict:
-    """Label images into out/ (per-image JSON); returns seconds and masks per image."""
+def _label_set(method: str, paths: list[Path], out: Path, fn=None) -> dict:
+    """Label images into out/ (per-image JSON) with ``fn`` (default: :func:`_labeler` of the
+    method); returns seconds and masks per image."""
     from unsam.io import image_record, load_image, write_json_atomic
 
-    fn = _labeler(method)
+    fn = fn or _labeler(method)
     fn(load_image(paths[0]))  # warm-up (lazy imports, first allocations), not timed
     total = 0.0
     n_masks = 0

@@ -31,9 +31,9 @@ DIGESTS = {
         "coco_475678.json": "fa5e8d47cc0fbe893d21e3c5f689a1daa52c61f899e49ed4f50e4ecccecb0d4a",
     },
     "maskcut": {
-        "coco_062554.json": "21b707a8058449b4fa2a9cb45888e6f424cf2aed86dcd290c6c0b6425e0e9224",
-        "coco_397133.json": "ea3feb5b769a7cd6941a7b450a1f6658d704c6e51652a0314593b1bc6e59ccc2",
-        "coco_475678.json": "fe2e4afc18e0896b114e821194d1c69e0b4af63beb3466b5d593f81b0c811d60",
+        "coco_062554.json": "7254a4a2d168b6c14503ce627e4fa289e620de4b3d0fa98dd7a76bce9ac21dd9",
+        "coco_397133.json": "ed1043cf685e8a822fa451f53e0d42b75a3b3852c237da433f7ce33b3efd031a",
+        "coco_475678.json": "6afbc0f4fc643993de1abf8d78112e048c85941ac146b1ecd7790bf8b71545ba",
     },
 }
 

@@ -61,6 +61,14 @@ def test_the_ports_import_nothing_from_unsam_but_io():
 def test_maskcut_rules_are_the_preset_s():
     cfg = Labeler(label_config({"backbone": "classic"}, preset="maskcut")).cfg
     assert MASKCUT_PRESET.tie_rtol == divide_mod.TIE_RTOL
+    # Step 5: the released CRF, with crf.py's settings, on both sides.
+    assert MASKCUT_PRESET.crf and RELEASED.crf and cfg.divide.crf and cfg.refine == "none"
+    src = (ROOT / "benchmarks" / "published" / "crf.py").read_text()
+    c = cfg.crf
+    for const, value in (("MAX_ITER", c.iterations), ("POS_W", c.gaussian_compat), ("POS_XY_STD", c.gaussian_sxy),
+                         ("BI_W", c.bilateral_compat), ("BI_XY_STD", c.bilateral_sxy), ("BI_RGB_STD", c.bilateral_srgb)):
+        assert _const(src, const) == value, const
+    assert (c.min_iou, c.fill_holes) == (0.5, True)
     assert (cfg.divide.rule, cfg.divide.upsample, cfg.divide.max_cuts, cfg.divide.eps, cfg.divide_size) == ("published", "published", 3, 1e-5, 480)
     assert (cfg.divide.max_prev_iou, cfg.divide.min_area) == (0.5, 0.01)  # the released drop rule
     # The sign rule: the same vector as the divide's, also with exact ties in |x|.
@@ -70,6 +78,19 @@ def test_maskcut_rules_are_the_preset_s():
         x[rng.integers(40)] = -np.abs(x).max()  # a tie for the largest |x|, negative
         assert np.array_equal(_signed(x, MASKCUT_PRESET), divide_mod.canonical_sign(x))
     assert RELEASED.sign == "lapack" and RELEASED.tie_rtol is None
+
+
+def _const(src: str, name: str):
+    """A module-level constant of a source file (``A = 1`` or ``A, B = 1, 2``), without importing it."""
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                names = [t] if isinstance(t, ast.Name) else list(t.elts) if isinstance(t, ast.Tuple) else []
+                values = [node.value] if isinstance(t, ast.Name) else list(node.value.elts)
+                for n, v in zip(names, values):
+                    if isinstance(n, ast.Name) and n.id == name:
+                        return ast.literal_eval(v)
+    raise KeyError(name)
 
 
 def test_unsam_rules_are_the_preset_s():
@@ -90,7 +111,8 @@ def test_unsam_rules_are_the_preset_s():
     assert not cfg.atoms.enabled and cfg.refine == "none"
     # Everything else is the release's.
     same = {k for k in RELEASED.__dataclass_fields__ if getattr(RELEASED, k) == getattr(r, k)}
-    assert same == {"local_size", "thresholds", "min_size", "inside_frac", "nms_iou", "nms_step", "score_floor"}
+    # (crf is MaskCut's step 5: UnSAM's release has no CRF and its port reads no such rule.)
+    assert same == {"crf", "local_size", "thresholds", "min_size", "inside_frac", "nms_iou", "nms_step", "score_floor"}
 
 
 # ---------------------------------------------------------------- parity on the example images
@@ -118,11 +140,23 @@ def _labeler(preset: str, features) -> Labeler:
     return Labeler(label_config({"backbone": backbone, **QUICK}, preset=preset), extractor=extractor)
 
 
-def test_maskcut_preset_gives_the_released_masks(examples, features):
-    lab = _labeler("maskcut", features)
+def _maskcut_parity(examples, features, crf: bool) -> None:
+    backbone, extractor = features
+    lab = Labeler(label_config({"backbone": backbone, **QUICK, "divide": {"crf": crf}}, preset="maskcut"), extractor=extractor)
     for img in examples:
-        p = maskcut_parity(lab, img)
+        p = maskcut_parity(lab, img, replace(MASKCUT_PRESET, crf=crf))
         assert p["ref"] >= 1 and p["ours"] == p["ref"] and p["matched"] == p["ref"], p
+
+
+def test_maskcut_preset_gives_the_released_masks(examples, features):
+    """The CRF step on both sides: pydensecrf2 on the port's (skipped where it is not installed)."""
+    pytest.importorskip("pydensecrf")
+    _maskcut_parity(examples, features, crf=True)
+
+
+def test_maskcut_preset_without_its_crf_gives_the_released_masks_without_it(examples):
+    """Steps 1-4 checked everywhere, pydensecrf2 or not: the CRF step off on both sides."""
+    _maskcut_parity(examples, ("classic", None), crf=False)
 
 
 def test_unsam_preset_matches_the_released_loops(examples, features):

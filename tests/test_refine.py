@@ -1,8 +1,9 @@
-"""Refinement moves blocky mask borders onto the image's edges."""
+"""Refinement moves blocky mask borders onto the image's edges (edge, snap and the dense CRF)."""
 
 import numpy as np
 import pytest
 
+from unsam.label.crf import CRFConfig, crf_masks, crf_refine
 from unsam.label.items import MaskItem
 from unsam.label.refine import guided_filter, refine_masks
 from unsam.label.superpixels import slic, snap_masks
@@ -42,7 +43,7 @@ def _full(item, shape):
     return out
 
 
-@pytest.mark.parametrize("method", ["edge", "snap"])
+@pytest.mark.parametrize("method", ["edge", "snap", "crf"])
 def test_refinement_snaps_blocky_mask_to_the_edge(method):
     img, disc = _disc_scene()
     blocky = _blocky(disc)
@@ -50,6 +51,8 @@ def test_refinement_snaps_blocky_mask_to_the_edge(method):
     items = [_item(blocky)]
     if method == "edge":
         out = refine_masks(img, items, radius=4)
+    elif method == "crf":
+        out = crf_masks(img, items, img.shape[:2])
     else:
         out = snap_masks(img, items, pixels_per_segment=36)
     after = _iou(_full(out[0], disc.shape), disc)
@@ -75,3 +78,75 @@ def test_guided_filter_preserves_constants_and_slic_covers_the_image():
     assert lab.shape == img.shape[:2] and lab.min() == 0
     assert len(np.unique(lab)) == lab.max() + 1  # compact ids
     assert 100 <= lab.max() + 1 <= 250  # about H * W / 64 segments
+
+
+def test_crf_step_fills_holes_and_drops_what_moves_too_far():
+    """MaskCut's step 5: the refined mask's holes are filled; a mask whose refined version has
+    IoU < 0.5 with it is dropped (not kept as it was); an empty mask is not run and stays empty."""
+    img, disc = _disc_scene()
+    holed = disc.copy()
+    holed[44:52, 56:64] = False  # a hole inside the disc
+    box = np.zeros_like(disc)
+    box[20:76, 30:90] = True  # the disc's bounding box: snaps to the disc
+    stray = np.zeros_like(disc)
+    stray[40:56, 52:68] = True  # a small square inside the disc: the CRF erases it
+    out = crf_refine(img, np.stack([holed, box, stray, np.zeros_like(disc)]))
+    assert out[0] is not None and _iou(out[0], disc) > 0.97 and out[0][44:52, 56:64].all()
+    assert out[1] is not None and _iou(out[1], disc) > 0.97
+    assert out[2] is None
+    assert out[3] is not None and not out[3].any()
+    kept = crf_refine(img, stray[None], CRFConfig(min_iou=0.0))  # nothing dropped by the IoU rule
+    assert kept[0] is not None and not kept[0].any()
+    # Through the stage's entry: the dropped and the emptied masks are gone, the kept one has
+    # the refined mask's box.
+    items = [_item(box), _item(stray)]
+    got = crf_masks(img, items, img.shape[:2], CRFConfig(min_iou=0.0))
+    assert len(got) == 1 and _iou(_full(got[0], disc.shape), disc) > 0.97
+    ys, xs = np.nonzero(_full(got[0], disc.shape))
+    assert got[0].box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_crf_refinement_at_a_smaller_working_resolution():
+    img, disc = _disc_scene()
+    small = np.zeros((48, 64), bool)
+    small[14:34, 17:43] = True  # the disc's box, roughly, at half size
+    got = crf_masks(img, [_item(small)], (48, 64))
+    half_disc = disc[::2, ::2]
+    assert len(got) == 1 and _iou(_full(got[0], (48, 64)), half_disc) > 0.9
+
+
+def test_crf_settings_come_from_the_config_and_are_checked():
+    from unsam.label import Labeler, label_config
+
+    cfg = Labeler(label_config({"backbone": "classic", "refine": "crf", "crf": {"iterations": 5, "min_iou": 0.3}}, preset="unsam")).cfg
+    assert cfg.refine == "crf" and cfg.crf.iterations == 5 and cfg.crf.min_iou == 0.3 and cfg.crf.bilateral_srgb == 5.0
+    assert cfg.crf.params().iterations == 5
+    with pytest.raises(ValueError, match="crf.bilateral_sxy"):
+        Labeler(label_config({"backbone": "classic", "crf": {"bilateral_sxy": 0}}, preset="unsam"))
+    with pytest.raises(ValueError, match="unknown key 'crf.sxy'"):
+        label_config({"crf": {"sxy": 3}}, preset="unsam")
+    with pytest.raises(ValueError, match="divide.crf"):
+        Labeler(label_config({"backbone": "classic", "divide": {"crf": True}}, preset="unsam"))
+
+
+def test_refine_crf_through_the_pipeline():
+    """``--refine crf`` on a preset: the records stay valid and the refined masks differ from
+    the unrefined ones (their borders follow the image)."""
+    from pathlib import Path
+
+    from pycocotools import mask as mask_utils
+
+    from unsam.io import load_image
+    from unsam.label import Labeler, label_config
+
+    image = load_image(sorted((Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.jpg"))[0])
+    quick = {"backbone": "classic", "divide_size": 240, "conquer": {"size": 128}}
+    plain = Labeler(label_config(quick, preset="unsam")).label_batch([image])[0]
+    refined = Labeler(label_config({**quick, "refine": "crf"}, preset="unsam")).label_batch([image])[0]
+    assert refined and len(refined) <= 1.5 * len(plain)
+    areas = set()
+    for a in refined:
+        rle = dict(a["segmentation"], counts=a["segmentation"]["counts"].encode())
+        assert a["area"] == int(mask_utils.area(rle)) >= 1 and a["bbox"] == mask_utils.toBbox(rle).tolist()
+        areas.add(a["area"])
+    assert areas != {a["area"] for a in plain}

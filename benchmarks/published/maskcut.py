@@ -3,10 +3,10 @@ the benchmarks and the oracle of the ``maskcut`` preset's parity.
 
 Its costs are kept as they are there: per cut a dense float32 affinity from the
 features (those of covered patches zeroed) and a dense generalized eigensolver
-``scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2])``; the masks written one
-full-size array at a time. The released pipeline's step 5 (dense CRF) is not
-part of this port; where a rule departs from the release, :class:`~.rules.Rules`
-names it.
+``scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2])``; step 5, the dense CRF
+with pydensecrf2 one mask at a time (:mod:`~.crf`); the masks written one
+full-size array at a time. Where a rule departs from the release,
+:class:`~.rules.Rules` names it.
 """
 
 from __future__ import annotations
@@ -115,18 +115,29 @@ def maskcut_forward(
     return out
 
 
-def write_masks(grids: list[np.ndarray], divide_size: int, height: int, width: int) -> list[np.ndarray]:
-    """The image's masks as ``maskcut.py`` writes them (without its CRF step): each grid mask
-    nearest-upsampled to divide_size x divide_size, minus what earlier masks hold, PIL's
-    default resize of the uint8 mask to the image size, and ``create_annotation_info``'s
-    threshold at half the maximum; empty masks are not written."""
+def write_masks(
+    grids: list[np.ndarray], divide_size: int, height: int, width: int, image: np.ndarray | None = None, rules: Rules = RELEASED
+) -> list[np.ndarray]:
+    """The image's masks as ``maskcut.py`` writes them: each grid mask nearest-upsampled to
+    divide_size x divide_size, minus what earlier masks hold; with ``rules.crf`` step 5 on
+    it (:func:`~.crf.refine_step` against ``image`` resized to divide_size x divide_size
+    with PIL's LANCZOS, the released ``I_new``); PIL's default resize of the uint8 mask to
+    the image size, and ``create_annotation_info``'s threshold at half the maximum; empty
+    masks are not written."""
+    if rules.crf:
+        from benchmarks.published.crf import refine_step
+
+        if image is None:
+            raise ValueError("write_masks: the CRF step needs the image")
+        i_new = np.array(Image.fromarray(image).resize((divide_size, divide_size), Image.LANCZOS))
     out, taken = [], None
     for g in grids:
         big = F.interpolate(torch.from_numpy(g.astype(np.float64))[None, None], size=(divide_size, divide_size), mode="nearest")[0, 0].numpy()
         masked = big - (taken if taken is not None else 0)
         masked[masked <= 0] = 0
         taken = masked if taken is None else taken + masked
-        a = np.asarray(Image.fromarray(np.uint8(masked * 255)).resize((width, height)))
+        pseudo = refine_step(i_new, masked) if rules.crf else masked
+        a = np.asarray(Image.fromarray(np.uint8(pseudo * 255)).resize((width, height)))
         upper, lower = int(a.max()), int(a.min())
         m = np.where(a > upper / 2.0, upper, lower) != 0
         if m.any():
@@ -150,10 +161,17 @@ def annotation(mask: np.ndarray) -> dict | None:
 
 
 def run_maskcut(
-    feats: torch.Tensor, image_hw: tuple[int, int], divide_size: int, tau: float, n: int = 3, eps: float = 1e-5, rules: Rules = RELEASED
+    feats: torch.Tensor,
+    image_hw: tuple[int, int],
+    divide_size: int,
+    tau: float,
+    n: int = 3,
+    eps: float = 1e-5,
+    rules: Rules = RELEASED,
+    image: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """MaskCut on patch features [gh, gw, C] of an image resized to divide_size^2 -> its masks
-    at image_hw ([H, W] bool each), as released (no CRF)."""
+    at image_hw ([H, W] bool each), as released (the CRF step needs ``image``, [H, W, 3] uint8)."""
     gh, gw, c = feats.shape
     grids = maskcut_forward(feats.reshape(gh * gw, c).T.contiguous(), (gh, gw), tau, n, eps, rules)
-    return write_masks(grids, divide_size, *image_hw)
+    return write_masks(grids, divide_size, *image_hw, image=image, rules=rules)

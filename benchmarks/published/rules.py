@@ -28,6 +28,12 @@ class Rules:
     #: first winning (the presets: degenerate graphs have exactly equal entries).
     tie_rtol: float | None = None
 
+    # -- MaskCut's step 5 (maskcut.py, crf.py) --
+    #: True: every mask goes through the dense CRF (pydensecrf) at the divide resolution on
+    #: the image resized there with PIL's LANCZOS, its holes filled, and is dropped when its
+    #: IoU with the unrefined mask is < 0.5 (released); False: no CRF.
+    crf: bool = True
+
     # -- UnSAM's divide --
     #: "detector": the trained CutLER detector (released; cannot be run here); "cuts": the
     #: regions are given by the caller (the preset's Normalized Cut divide).

@@ -33,6 +33,7 @@ from unsam.io import (
     write_json_atomic,
 )
 from unsam.label.config import PRESETS, LabelConfig, default_preset, label_config
+from unsam.label.masks import REFINE_MODES
 from unsam.label.run import (
     LocalEvents,
     failures,
@@ -85,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--divide-size", type=int, default=None, help=f"divide resolution, square (default {d.divide_size})")
     g.add_argument("--max-cuts", type=int, default=None, help="MaskCut cuts per image (default: the preset's; maskcut 3, unsam and full 10)")
     g.add_argument("--tau", type=float, default=None, help="affinity threshold (default: the backbone's)")
-    g.add_argument("--refine", choices=["none", "edge", "snap"], default=None, help=f"mask refinement (default {d.refine})")
+    g.add_argument(
+        "--refine",
+        choices=list(REFINE_MODES),
+        default=None,
+        help=f"mask refinement: edge (guided filter), snap (SLIC superpixels), crf (CutLER's dense CRF) (default {d.refine})",
+    )
     g.add_argument("--max-masks", type=int, default=None, help=f"masks per image at most (default {d.masks.max_masks})")
     g.add_argument("--max-pixels", type=int, default=None, help=f"skip larger images (default {d.max_pixels})")
     g = ap.add_argument_group("isolation")

@@ -3,7 +3,8 @@
 the stages for one algorithm, and :func:`resolve` fills the backbone's own defaults and
 checks everything once per run.
 
-- ``maskcut`` — CutLER's MaskCut as published (ALGORITHM.md §2 steps 1-4), no conquer;
+- ``maskcut`` — CutLER's MaskCut as published (ALGORITHM.md §2 steps 1-5, the dense CRF
+  included), no conquer;
 - ``unsam`` — the paper's divide and conquer (§2 divide with this project's extra
   cuts, §3 conquer as published, the hierarchy from the merge tree);
 - ``full`` — this project's pipeline: UnSAM plus atoms, the partition ladder and
@@ -22,6 +23,7 @@ from typing import Any
 
 from unsam.label.atoms import AtomConfig, check_atom_config
 from unsam.label.conquer import ConquerConfig
+from unsam.label.crf import CRFConfig, check_crf_config
 from unsam.label.divide import DivideConfig, check_divide_config
 from unsam.label.masks import REFINE_MODES, MaskConfig, check_mask_config
 
@@ -56,10 +58,11 @@ class LabelConfig:
     conquer_regions: bool | None = None  #: conquer each divide region on its patch grid (None: not for classic)
     atoms: AtomConfig = field(default_factory=AtomConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)  #: the dense CRF (divide.crf and refine "crf")
     tau: float | None = None  #: overrides divide.tau (None: backbone default)
     merge_thresholds: tuple[float, ...] | None = None  #: overrides conquer.thresholds (None: backbone default)
     max_pixels: int = 50_000_000  #: larger images are skipped (reason "too-large")
-    refine: str = "none"  #: "none", "edge" (guided filter) or "snap" (to SLIC superpixels)
+    refine: str = "none"  #: "none", "edge" (guided filter), "snap" (to SLIC superpixels) or "crf" (dense CRF)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,7 +75,8 @@ def config_from_dict(d: dict[str, Any], base: LabelConfig | None = None) -> Labe
     cfg.conquer = dataclasses.replace(cfg.conquer)
     cfg.masks = dataclasses.replace(cfg.masks)
     cfg.atoms = dataclasses.replace(cfg.atoms)
-    nested = {"divide": cfg.divide, "conquer": cfg.conquer, "atoms": cfg.atoms, "masks": cfg.masks}
+    cfg.crf = dataclasses.replace(cfg.crf)
+    nested = {"divide": cfg.divide, "conquer": cfg.conquer, "atoms": cfg.atoms, "masks": cfg.masks, "crf": cfg.crf}
     top = {f.name for f in dataclasses.fields(LabelConfig)}
     for k, v in (d or {}).items():
         if k == "_run":
@@ -163,4 +167,5 @@ def resolve(cfg: LabelConfig, spec) -> LabelConfig:
     check_divide_config(cfg.divide)
     check_mask_config(cfg.masks)
     check_atom_config(cfg.atoms)
+    check_crf_config(cfg.crf)
     return cfg

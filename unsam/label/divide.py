@@ -68,6 +68,11 @@ class DivideConfig:
     # there, then PIL's default resize (bicubic) to the image size, threshold at half
     # the maximum.
     upsample: str = "bilinear"  #: "bilinear" or "published"
+    # MaskCut's step 5 (ALGORITHM.md §2.5, unsam.label.crf): each mask, nearest-upsampled
+    # to the divide resolution, refined by the dense CRF against the image resized there
+    # with PIL's LANCZOS (the released I_new), its holes filled, dropped when its IoU with
+    # the unrefined mask is < 0.5; then written as "published" writes it.
+    crf: bool = False  #: MaskCut's dense CRF step (needs upsample "published")
 
 
 DIVIDE_RULES = ("uncovered", "published")
@@ -80,6 +85,8 @@ def check_divide_config(cfg: DivideConfig) -> None:
         raise ValueError(f"config: divide.rule should be one of {', '.join(DIVIDE_RULES)}, got {cfg.rule!r}")
     if cfg.upsample not in UPSAMPLE_RULES:
         raise ValueError(f"config: divide.upsample should be one of {', '.join(UPSAMPLE_RULES)}, got {cfg.upsample!r}")
+    if cfg.crf and cfg.upsample != "published":
+        raise ValueError("config: divide.crf (MaskCut's CRF step) needs divide.upsample 'published'")
     if cfg.max_cuts < 0 or cfg.max_regions < 0 or cfg.recursive_depth < 0:
         raise ValueError("config: divide.max_cuts, max_regions and recursive_depth should be >= 0")
 
@@ -335,20 +342,44 @@ def _finish_regions(st: _CutState, bits: torch.Tensor, cfg: DivideConfig) -> lis
 # ------------------------------------------------------------------ pixels
 
 
-def _published_pixels(grid: np.ndarray, divide_size: int, height: int, width: int) -> np.ndarray:
-    """A grid mask as MaskCut writes it: nearest upsample to the divide resolution, PIL's
-    default resize (bicubic) to the image size, foreground above half the maximum."""
+def _published_big(grid: np.ndarray, divide_size: int) -> np.ndarray:
+    """A grid mask nearest-upsampled to the divide resolution (MaskCut's ``bipartition``)."""
+    rep = divide_size // grid.shape[0], divide_size // grid.shape[1]
+    return np.repeat(np.repeat(grid, rep[0], 0), rep[1], 1)
+
+
+def _published_resize(big: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A mask at the divide resolution as MaskCut writes it at the image's size: PIL's default
+    resize (bicubic) of the uint8 mask, foreground above half the maximum."""
     from PIL import Image
 
-    rep = divide_size // grid.shape[0], divide_size // grid.shape[1]
-    big = np.repeat(np.repeat(grid, rep[0], 0), rep[1], 1)
     a = np.asarray(Image.fromarray(np.uint8(big * 255)).resize((width, height)))
     top = int(a.max())
     return a > top / 2.0 if top > 0 else np.zeros((height, width), bool)
 
 
+def _published_pixels(grid: np.ndarray, divide_size: int, height: int, width: int) -> np.ndarray:
+    """A grid mask as MaskCut writes it without its CRF step: nearest upsample to the divide
+    resolution, PIL's default resize (bicubic) to the image size, foreground above half the
+    maximum."""
+    return _published_resize(_published_big(grid, divide_size), height, width)
+
+
+def _crf_image(image: np.ndarray, divide_size: int) -> np.ndarray:
+    """The image the released CRF step sees: resized to the divide resolution with PIL's LANCZOS."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((divide_size, divide_size), Image.LANCZOS))
+
+
 def region_pixels(
-    regions: list[Region], work_hw: tuple[int, int], image_hw: tuple[int, int], divide_size: int, cfg: DivideConfig
+    regions: list[Region],
+    work_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    divide_size: int,
+    cfg: DivideConfig,
+    image: np.ndarray | None = None,
+    crf=None,
 ) -> list[np.ndarray]:
     """Pixel masks [h, w] (the working resolution ``work_hw``) of one image's regions, disjoint
     among regions of the same depth (later masks lose what earlier ones claimed) and inside
@@ -356,45 +387,66 @@ def region_pixels(
 
     With ``cfg.upsample == "published"`` the claiming happens on the grid (as MaskCut does
     at its nearest-upsampled resolution) and each mask is made at the image's size first:
-    exactly MaskCut's mask when the working resolution is the image's.
+    exactly MaskCut's mask when the working resolution is the image's. With ``cfg.crf``
+    MaskCut's CRF step runs in between, on ``image`` ([H, W, 3] uint8) with the settings
+    ``crf`` (:class:`~unsam.label.crf.CRFConfig`); a mask it drops comes out empty.
     """
 
     h, w = work_hw
     claimed: dict[int, np.ndarray] = {}
     out: list[np.ndarray] = []
-    for r in regions:
-        if cfg.upsample == "published":
+    if cfg.upsample == "published":
+        grids = []
+        for r in regions:
             g = r.mask.copy()
             c = claimed.setdefault(r.depth, np.zeros_like(g))
             g &= ~c
             if r.parent >= 0:
                 g &= regions[r.parent].mask
             c |= g
-            m = _published_pixels(g, divide_size, *image_hw)
+            grids.append(g)
+        bigs = [_published_big(g, divide_size) for g in grids]
+        if cfg.crf and bigs:
+            from unsam.label.crf import crf_refine
+
+            if image is None:
+                raise ValueError("region_pixels: divide.crf needs the image")
+            refined = crf_refine(_crf_image(image, divide_size), np.stack(bigs), crf)
+            bigs = [np.zeros_like(b) if r is None else r for b, r in zip(bigs, refined)]
+        for big in bigs:
+            m = _published_resize(big, *image_hw)
             if tuple(image_hw) != tuple(work_hw):  # nearest sampling down to the working resolution
                 ys = ((np.arange(h) + 0.5) * image_hw[0] / h).astype(np.int64)
                 xs = ((np.arange(w) + 0.5) * image_hw[1] / w).astype(np.int64)
                 m = m[ys][:, xs]
-        else:
-            m = upsample_grid_masks(r.mask[None].astype(np.float32), h, w)[0]
-            c = claimed.setdefault(r.depth, np.zeros((h, w), bool))
-            m &= ~c
-            if r.parent >= 0:
-                m &= out[r.parent]
-            c |= m
+            out.append(m)
+        return out
+    for r in regions:
+        m = upsample_grid_masks(r.mask[None].astype(np.float32), h, w)[0]
+        c = claimed.setdefault(r.depth, np.zeros((h, w), bool))
+        m &= ~c
+        if r.parent >= 0:
+            m &= out[r.parent]
+        c |= m
         out.append(m)
     return out
 
 
 def region_items(
-    regions: list[Region], work_hw: tuple[int, int], image_hw: tuple[int, int], divide_size: int, cfg: DivideConfig
+    regions: list[Region],
+    work_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    divide_size: int,
+    cfg: DivideConfig,
+    image: np.ndarray | None = None,
+    crf=None,
 ) -> list[MaskItem]:
     """One image's regions as masks at the working resolution (source "divide"), empty ones
     dropped. Score: 1 - NCut / 2 (a clean cut scores near 1). ``meta``: the cut's depth,
     lambda_2 and NCut value, ``key`` ("divide", index) and ``up`` (the region it was cut
     out of, for the recursive cuts)."""
     items = []
-    for i, (r, m) in enumerate(zip(regions, region_pixels(regions, work_hw, image_hw, divide_size, cfg))):
+    for i, (r, m) in enumerate(zip(regions, region_pixels(regions, work_hw, image_hw, divide_size, cfg, image, crf))):
         item = MaskItem((0, 0, m.shape[1], m.shape[0]), m, float(np.clip(1.0 - r.ncut / 2.0, 0.0, 1.0)), "divide")
         if item.tighten() is None:
             continue
@@ -411,10 +463,14 @@ def divide_images(
     work_sizes: list[tuple[int, int]],
     divide_size: int,
     cfg: DivideConfig | None = None,
+    images: list[np.ndarray] | None = None,
+    crf=None,
 ) -> list[list[MaskItem]]:
     """The divide stage: patch features [B, gh, gw, C] of B images (taken at
     ``divide_size`` x ``divide_size``) -> each image's regions as masks at its working
-    resolution (see :func:`region_items`)."""
+    resolution (see :func:`region_items`). ``images`` ([H, W, 3] uint8) and ``crf``
+    (:class:`~unsam.label.crf.CRFConfig`): for MaskCut's CRF step (``cfg.crf``)."""
     cfg = cfg or DivideConfig()
     regions = divide_batch(feats, cfg)
-    return [region_items(r, wk, im, divide_size, cfg) for r, wk, im in zip(regions, work_sizes, image_sizes)]
+    ims = images if images is not None else [None] * len(regions)
+    return [region_items(r, wk, hw, divide_size, cfg, im, crf) for r, wk, hw, im in zip(regions, work_sizes, image_sizes, ims)]

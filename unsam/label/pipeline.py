@@ -231,7 +231,7 @@ class Labeler:
         sizes = [im.shape[:2] for im in images]
         work = [working_size(h, w, cfg.masks) for h, w in sizes]
         self._stage("divide", names)
-        regions = divide_images(feats, sizes, work, self.divide_side(), cfg.divide)  # divide
+        regions = divide_images(feats, sizes, work, self.divide_side(), cfg.divide, images, cfg.crf)  # divide
         self._add("divide", time.perf_counter() - t1)
         self._stage("conquer", names)
         conquered = self._conquer(tens, regions, sizes, work)  # conquer
@@ -305,7 +305,7 @@ class ImageStages:
         if on_stage is not None:
             on_stage("masks")
         inject("masks", [name])
-        return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times, self.mask_ops)
+        return mask_stage(items, im, work_hw, cfg.masks, cfg.refine, times, self.mask_ops, cfg.crf)
 
 
 # ---------------------------------------------------------------- CPU workers

@@ -43,8 +43,9 @@ from unsam.label.masks.overlaps import Overlaps
 
 __all__ = ["REFINE_MODES", "mask_stage"]
 
-#: ``refine`` values of :func:`mask_stage` ("edge": guided filter, "snap": SLIC superpixels).
-REFINE_MODES = ("none", "edge", "snap")
+#: ``refine`` values of :func:`mask_stage` ("edge": guided filter, "snap": SLIC superpixels,
+#: "crf": CutLER's dense CRF step, :mod:`unsam.label.crf`).
+REFINE_MODES = ("none", "edge", "snap", "crf")
 
 
 def mask_stage(
@@ -55,11 +56,13 @@ def mask_stage(
     refine: str = "none",
     times: dict | None = None,
     ops=COMPILED,
+    crf=None,
 ) -> list[dict]:
     """One image's candidate masks (at the working resolution ``work_hw``) -> annotation records at
-    the image's full size: tiny masks dropped, ranked, NMS, optional refinement ("edge", "snap"),
-    parents and levels (``cfg.levels``), pruning, RLE. Stage times go into ``times``; the
-    pairwise and RLE ops run on the backend ``ops``."""
+    the image's full size: tiny masks dropped, ranked, NMS, optional refinement ("edge", "snap",
+    "crf" with the settings ``crf``, a :class:`~unsam.label.crf.CRFConfig`), parents and levels
+    (``cfg.levels``), pruning, RLE. Stage times go into ``times``; the pairwise and RLE ops run
+    on the backend ``ops``."""
     times = {} if times is None else times
 
     def add(key: str, dt: float) -> None:
@@ -93,14 +96,21 @@ def mask_stage(
         # Refine only what survives a first NMS (refinement is the costly step).
         first = nms_from_intersections(ov.matrix(), np.array([m.score for m in items]), cfg.nms_iou, ops=ops)
         items = [items[i] for i in first]
+        t_refine = time.perf_counter()
         if refine == "edge":
             from unsam.label.refine import refine_masks
 
             items = refine_masks(image, items, work_hw=(h, w))
+        elif refine == "crf":
+            from unsam.label.crf import crf_masks
+
+            # As MaskCut: a mask the CRF moves too far (IoU < 0.5) is dropped.
+            items = crf_masks(image, items, (h, w), crf)
         else:
             from unsam.label.superpixels import snap_masks
 
             items = snap_masks(image, items, work_hw=(h, w))
+        add("refine", time.perf_counter() - t_refine)
         items = [m for m in items if m.area >= min_area]
         ov = Overlaps(items, h, w, ops)
     # Nest first (children clipped to parents) so NMS sees the final masks; after NMS
