@@ -3,7 +3,8 @@ invalid inputs (NaN and infinity, wrong dtypes and shapes, values out of range, 
 counts overflow) it raises an error that names the op, never returns, crashes or hangs.
 
 ``N_PER_OP`` random inputs per op function here (1 000, about half of them invalid; the
-five mask ops share 2 000, the three RLE crop ops 2 000, each op seeing more than 1 000), the fuzz benchmark
+five mask ops share 2 000, the three RLE crop ops 2 000, each op seeing more than 1 000; the
+dense CRF 1 000), the fuzz benchmark
 (``benchmarks/test_fuzz_bench.py``) ten times more. Small sizes keep the references fast.
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference.densecrf import dense_crf_reference
 from tests.reference.kernels import (
     affinity_reference,
     fiedler_reference,
@@ -39,6 +41,7 @@ from unsam.kernels import (
     merge_levels,
     unpack_bits,
 )
+from unsam.kernels.densecrf import CRFParams, dense_crf
 from unsam.kernels.maskops import mask_nms, mask_overlaps_upper, mask_parents, mask_rle
 from unsam.kernels.rlecrop import pack_rles, rle_crop, rle_crop_area, rle_crop_at
 from unsam.kernels.segment import adjacent_pairs
@@ -233,7 +236,50 @@ def fuzz_rlecrop(rng: np.random.Generator) -> None:
     assert np.array_equal(rle_crop_at(packed, rows, cols, points).numpy(), rle_crop_at_reference(rles, rows, cols, points))
 
 
+def fuzz_dense_crf(rng: np.random.Generator) -> None:
+    """dense_crf on a small random image: bool or soft masks (empty and full ones too), random
+    kernel widths, weights (negative ones included) and iterations; against the lattice
+    reference as tests/test_densecrf.py compares them (log-odds within float32 rounding, the
+    MAP wherever the reference is not a near tie)."""
+    h, w = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    if rng.random() < 0.5:  # flat patches: many points on one lattice vertex
+        image = (image // 64 * 64).astype(np.uint8)
+    k = int(rng.integers(0, 6))
+    masks = rng.random((k, h, w)) < rng.uniform(0, 1)
+    if k and rng.random() < 0.3:
+        masks[0] = rng.random() < 0.5
+    soft = rng.random() < 0.3
+    m = np.clip(masks + rng.normal(0, 0.3, masks.shape), 0, 1).astype(np.float32) if soft else masks
+    params = CRFParams(float(rng.uniform(0.3, 10)), float(rng.uniform(-5, 12)), float(rng.uniform(0.3, 60)),
+                       float(rng.uniform(0.5, 40)), float(rng.uniform(-5, 12)), int(rng.integers(0, 6)))  # fmt: skip
+    bad = rng.integers(8)
+    if bad == 0 and k:
+        return expect_error(lambda: dense_crf(image, _nonfinite(rng, masks)), "dense_crf")
+    if bad == 1:
+        wrong = dict(gaussian_sxy=float(rng.choice([0.0, -1.0, np.nan, np.inf])))
+        return expect_error(lambda: dense_crf(image, m, CRFParams(**{**params.__dict__, **wrong})), "dense_crf")
+    if bad == 2:
+        return expect_error(lambda: dense_crf(image[:, :, :2], m), "dense_crf")
+    if bad == 3:
+        return expect_error(lambda: dense_crf(image.astype(np.float32), m), "dense_crf")
+    if bad == 4:
+        return expect_error(lambda: dense_crf(image, np.zeros((k, h + 1, w), bool)), "dense_crf")
+    if bad == 5:
+        return expect_error(lambda: dense_crf(image, m, CRFParams(**{**params.__dict__, "iterations": -1})), "dense_crf")
+    got = dense_crf(image, m, params, return_logits=True).numpy()
+    got_map = dense_crf(image, m, params).numpy()
+    assert got.shape == (k, h, w) and got_map.dtype == bool
+    for j in range(k):
+        q = dense_crf_reference(image, m[j], **params.__dict__).astype(np.float64)
+        ref = np.log(q[1]) - np.log(q[0])
+        assert np.abs(got[j] - ref).max() < 5e-4 * max(1.0, np.abs(ref).max()), (j, params)
+        sure = np.abs(ref) > 1e-3
+        assert np.array_equal(got_map[j][sure], ref[sure] > 0), (j, params)
+
+
 OPS = {
+    "dense_crf": fuzz_dense_crf,
     "affinity": fuzz_affinity,
     "lanczos_fiedler": fuzz_lanczos,
     "merge_levels": fuzz_merge,
