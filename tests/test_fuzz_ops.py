@@ -257,7 +257,7 @@ def fuzz_dense_crf(rng: np.random.Generator) -> None:
     if bad == 0 and k:
         return expect_error(lambda: dense_crf(image, _nonfinite(rng, masks)), "dense_crf")
     if bad == 1:
-        wrong = dict(gaussian_sxy=float(rng.choice([0.0, -1.0, np.nan, np.inf])))
+        wrong = {"gaussian_sxy": float(rng.choice([0.0, -1.0, np.nan, np.inf]))}
         return expect_error(lambda: dense_crf(image, m, CRFParams(**{**params.__dict__, **wrong})), "dense_crf")
     if bad == 2:
         return expect_error(lambda: dense_crf(image[:, :, :2], m), "dense_crf")
