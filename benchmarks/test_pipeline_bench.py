@@ -7,7 +7,9 @@ same images, the same features and the same settings as the preset beside it, an
 only where a released loop exists:
 
 - ``maskcut``: CutLER's ``maskcut_forward`` (per cut a dense float32 affinity from the
-  zeroed features and the dense generalized eigensolver) and its mask writing;
+  zeroed features and the dense generalized eigensolver) and its mask writing, step 5
+  included (the dense CRF with pydensecrf2 one mask at a time, as ``maskcut.py`` calls
+  ``crf.densecrf``; needs ``pip install -e .[bench]``), as the preset includes it;
 - ``unsam``: the released code divides with a trained detector, which has no
   counterpart here, so the preset's divide is compared with **our dense-solver
   variant** of it (``tests/reference/divide.py``: the same cuts, each with a dense
@@ -93,7 +95,7 @@ def _published(lab: Labeler, preset: str, images: list[np.ndarray]) -> dict[str,
         if preset == "maskcut":
             gh, gw, c = feats.shape
             grids = maskcut_forward(feats.reshape(gh * gw, c).T.contiguous(), (gh, gw), d.tau, d.max_cuts, d.eps, RELEASED)
-            masks = write_masks(grids, lab.divide_side(), *im.shape[:2])
+            masks = write_masks(grids, lab.divide_side(), *im.shape[:2], image=im, rules=RELEASED)  # step 5, the CRF, included
             t1 = time.perf_counter()
             [annotation(m) for m in masks]
             times["divide"] = times.get("divide", 0.0) + t1 - t0
@@ -110,6 +112,7 @@ def _published(lab: Labeler, preset: str, images: list[np.ndarray]) -> dict[str,
 
 @pytest.mark.parametrize("kind", ["vitb8", "classic"])
 def test_presets_vs_published_bsds(kind):
+    pytest.importorskip("pydensecrf", reason="the released MaskCut's CRF step runs pydensecrf2 (pip install -e .[bench])")
     images = _images("bsds500/images/val", 3)
     backbone, ex = _extractor(kind)
     rows = []
