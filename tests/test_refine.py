@@ -106,6 +106,27 @@ def test_crf_step_fills_holes_and_drops_what_moves_too_far():
     assert got[0].box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+def test_crf_masks_in_chunks_equal_one_call(monkeypatch):
+    """Many masks go through the CRF in chunks (bounded memory): the same masks come out as
+    from one call, in the same order."""
+    import unsam.label.crf as crf_mod
+
+    img, disc = _disc_scene()
+    rng = np.random.default_rng(0)
+    fulls = []
+    for _ in range(21):
+        m = np.zeros_like(disc)
+        y, x = int(rng.integers(0, 70)), int(rng.integers(0, 100))
+        m[y : y + int(rng.integers(5, 40)), x : x + int(rng.integers(5, 40))] = True
+        fulls.append(m | (disc if rng.random() < 0.3 else False))
+    one = crf_masks(img, [_item(m) for m in fulls], img.shape[:2])
+    monkeypatch.setattr(crf_mod, "CHUNK_PIXELS", 8 * disc.size)  # chunks of 8 masks: 3 calls
+    chunked = crf_masks(img, [_item(m) for m in fulls], img.shape[:2])
+    assert len(one) == len(chunked) > 0
+    for a, b in zip(one, chunked):
+        assert a.box == b.box and np.array_equal(a.crop, b.crop)
+
+
 def test_crf_refinement_at_a_smaller_working_resolution():
     img, disc = _disc_scene()
     small = np.zeros((48, 64), bool)

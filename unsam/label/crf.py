@@ -106,24 +106,36 @@ def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
+#: Masks per call of the CRF in :func:`crf_masks`: at most this many mask pixels (bool) at once
+#: (64 M: ~200 masks of a 640 x 480 image), in whole groups of eight (the op's lanes). The
+#: lattices are built once per call: a few per image at most, a few % of the CRF's time.
+CHUNK_PIXELS = 64 << 20
+
+
 def crf_masks(image: np.ndarray, items: list[MaskItem], work_hw: tuple[int, int], cfg: CRFConfig | None = None) -> list[MaskItem]:
     """``--refine crf``: every mask of one image refined by :func:`crf_refine` at the working
     resolution (the image resized there); masks it drops, or that come out empty, are
-    removed, the others get their refined pixels (in place; the box may grow)."""
+    removed, the others get their refined pixels (in place; the box may grow). The masks go
+    in chunks of at most :data:`CHUNK_PIXELS` mask pixels, so memory stays bounded however
+    many masks an image has (a mask's result does not depend on the masks beside it)."""
     h, w = work_hw
     if not items:
         return items
     if tuple(image.shape[:2]) != (h, w):
         image = _resized(image, h, w)
-    full = np.zeros((len(items), h, w), bool)
-    for k, m in enumerate(items):
-        x0, y0, x1, y1 = m.box
-        full[k, y0:y1, x0:x1] = m.crop
+    image = np.ascontiguousarray(image)
+    step = max(8, CHUNK_PIXELS // max(1, h * w) // 8 * 8)
     kept = []
-    for m, r in zip(items, crf_refine(np.ascontiguousarray(image), full, cfg)):
-        if r is None:
-            continue
-        m.box, m.crop = (0, 0, w, h), r
-        if m.tighten() is not None:
-            kept.append(m)
+    for c0 in range(0, len(items), step):
+        chunk = items[c0 : c0 + step]
+        full = np.zeros((len(chunk), h, w), bool)
+        for k, m in enumerate(chunk):
+            x0, y0, x1, y1 = m.box
+            full[k, y0:y1, x0:x1] = m.crop
+        for m, r in zip(chunk, crf_refine(image, full, cfg)):
+            if r is None:
+                continue
+            m.box, m.crop = (0, 0, w, h), r
+            if m.tighten() is not None:
+                kept.append(m)
     return kept
