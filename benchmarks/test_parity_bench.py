@@ -7,7 +7,7 @@ number of images. What is compared and how: ``benchmarks/parity.py``; the quick 
 the example images is ``tests/test_parity.py``.
 
 Targets: ``maskcut`` the same masks (same count, each matched at IoU >= 0.99) on every
-image; ``unsam`` >= 98 % of the port's masks matched one to one at IoU >= 0.95 and
+image (none on both sides where the CRF step drops them all); ``unsam`` >= 98 % of the port's masks matched one to one at IoU >= 0.95 and
 >= 98 % of ours, >= 98 % of the matched masks with the same parent, over the set.
 """
 
@@ -49,8 +49,9 @@ def test_parity_bsds(kind):
                      unsam_matched_of_ours=tot["unsam_matched"] / max(tot["unsam_ours"], 1),
                      unsam_same_parents_of_matched=tot["unsam_same_parents"] / max(tot["unsam_matched"], 1)))
     record(f"parity_bsds500_{kind}", rows)
-    for r in rows[:-1]:
-        assert r["maskcut_ref"] >= 1 and r["maskcut_ours"] == r["maskcut_ref"] == r["maskcut_matched"], r
+    for r in rows[:-1]:  # MaskCut's CRF step may drop every mask of an image: then both sides have none
+        assert r["maskcut_ours"] == r["maskcut_ref"] == r["maskcut_matched"], r
+    assert sum(r["maskcut_ref"] for r in rows[:-1]) >= len(rows) - 1, rows  # not vacuous: masks on most images
     s = rows[-1]
     assert s["unsam_matched_of_ref"] >= 0.98 and s["unsam_matched_of_ours"] >= 0.98, s
     assert s["unsam_same_parents_of_matched"] >= 0.98, s
