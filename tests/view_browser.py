@@ -89,13 +89,11 @@ class ViewServer:
             raise RuntimeError(f"unsam.view did not start: {''.join(self.lines)} {self.proc.stderr.read()}")
 
     def stop(self) -> tuple[int | None, str]:
-        """SIGINT (Ctrl-C), then wait; returns (exit status, rest of stdout). The wait is long
-        (30 s): on a loaded 2-core machine the interpreter's exit after the server stops (torch
-        imported) once took over 10 s."""
+        """SIGINT (Ctrl-C), then wait; returns (exit status, rest of stdout)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            out, _ = self.proc.communicate(timeout=30)
+            out, _ = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()

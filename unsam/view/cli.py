@@ -124,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = (f", compare {compare.root}" if compare else "") + (f", model {args.checkpoint}" if predictor else "")
     print(f"unsam.view: {len(labels)} label files in {labels.root}{extra}", flush=True)
     print(f"unsam.view: serving at {address(server)}  (Ctrl-C to stop)", flush=True)
-    # SIGTERM ends the server like Ctrl-C does (a test or a process manager stopping it).
+    # SIGTERM ends the server like Ctrl-C does (a test or a process manager stopping it), and
+    # SIGINT does even when the server was started with it ignored (a non-interactive shell
+    # ignores SIGINT in the jobs it starts with `&`, and children inherit that: Python then
+    # installs no KeyboardInterrupt handler).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
