@@ -102,6 +102,49 @@ class TestDenseCRF:
             torch.set_num_threads(threads)
         assert np.array_equal(one, together)
 
+    @pytest.mark.parametrize(
+        "params",
+        [CRFParams(), CRFParams(iterations=3), CRFParams(gaussian_compat=-2.0)],
+        ids=["published", "three-iterations", "negative-weight"],
+    )
+    def test_masks_that_vanish_end_early_with_the_same_map(self, params):
+        """The MAP (where masks proven empty leave their lane early) equals the sign of the
+        log-odds (every mask through all iterations), on a real image with masks that
+        vanish and masks that stay, bool and soft, whatever their order or thread count."""
+        from pathlib import Path
+
+        from PIL import Image
+
+        path = Path(__file__).resolve().parents[1] / "examples" / "images" / "coco_397133.jpg"
+        image = np.asarray(Image.open(path).convert("RGB").resize((160, 120)))
+        h, w = image.shape[:2]
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:h, 0:w]
+        masks = []
+        for _ in range(40):  # discs from 2 to 40 px across: the small ones vanish
+            r = rng.uniform(1, 20)
+            masks.append((yy - rng.uniform(0, h)) ** 2 + (xx - rng.uniform(0, w)) ** 2 < r * r)
+        grey = image.mean(2)
+        for t in (60, 100, 140):  # regions of the image itself: these stay
+            masks.append(grey > t)
+        masks = np.stack(masks)
+        logits = dense_crf(image, masks, params, return_logits=True).numpy()
+        empty = ~(logits > 0).reshape(len(masks), -1).any(1)
+        assert 5 <= empty.sum() <= len(masks) - 5, empty.sum()  # both kinds present
+        got = dense_crf(image, masks, params).numpy()
+        assert np.array_equal(got, logits > 0)
+        order = rng.permutation(len(masks))
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = dense_crf(image, masks[order], params).numpy()
+        finally:
+            torch.set_num_threads(threads)
+        assert np.array_equal(one, got[order])
+        soft = np.where(masks, 0.9, 0.05).astype(np.float32)
+        soft_logits = dense_crf(image, soft, params, return_logits=True).numpy()
+        assert np.array_equal(dense_crf(image, soft, params).numpy(), soft_logits > 0)
+
     def test_a_mask_snaps_to_its_region(self):
         """Potts attracts: a blocky mask over most of a flat square grows to the square's
         edge and does not leak into the differently coloured background."""

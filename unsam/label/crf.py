@@ -81,17 +81,22 @@ def crf_refine(image: np.ndarray, masks: np.ndarray, cfg: CRFConfig | None = Non
     cfg = cfg or CRFConfig()
     masks = np.asarray(masks, bool)
     out: list[np.ndarray | None] = [m for m in masks]
-    todo = [i for i, m in enumerate(masks) if m.any()]
-    if not todo:
+    if not len(masks):
         return out
-    refined = dense_crf(image, masks[todo], cfg.params()).numpy()
-    for i, r in zip(todo, refined):
-        if cfg.fill_holes:
+    areas = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
+    todo = np.flatnonzero(areas)
+    if not todo.size:
+        return out
+    refined = dense_crf(image, masks if todo.size == len(masks) else masks[todo], cfg.params()).numpy()
+    for i, r in zip(todo.tolist(), refined):
+        r_area = np.count_nonzero(r)
+        if r_area and cfg.fill_holes:
             r = _fill_holes(r)
-        a = masks[i]
-        union = np.count_nonzero(a | r)
+            r_area = np.count_nonzero(r)
+        inter = np.count_nonzero(masks[i] & r) if r_area else 0
+        union = int(areas[i]) + r_area - inter
         # TokenCut's metric.IoU, as MaskCut calls it: float32 division.
-        iou = np.float32(np.count_nonzero(a & r)) / np.float32(union)
+        iou = np.float32(inter) / np.float32(union)
         out[i] = None if iou < cfg.min_iou else r
     return out
 

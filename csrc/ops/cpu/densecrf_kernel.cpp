@@ -13,17 +13,21 @@
 // masks and the lattice's indices and weights are read once for eight masks. One pass
 // over the points per iteration slices both lattices, takes the sigmoid and splats the
 // new q straight into the next iteration's table (points in raster order: the library's
-// order of additions); then the blur passes. A group of masks runs on one thread from
-// start to end and the groups run in parallel: no barrier per step, and a mask's result
-// depends neither on the thread count nor on the masks beside it (every operation is
-// per lane). The per-thread memory is kept small (two tables per kernel, the masks as
-// bits) because the pass's accesses to the tables are scattered: what does not fit in
-// the cache is paid for on every access, and the threads share the last-level cache.
+// order of additions); then the blur passes. Each thread runs eight lanes; a lane holds
+// one mask from its first pass to its last and then takes the next mask of the call, so
+// lanes are at different iterations (a lane's first pass ignores the sliced values). A
+// mask whose MAP is proven empty (Bound: most of the small masks MaskCut's step drops,
+// after 1-3 iterations) leaves its lane early. Every operation is per lane: a mask's
+// result depends neither on the thread count nor on the masks beside it or their order.
+// The per-thread memory is kept small (two tables per kernel, the masks as bits) because
+// the pass's accesses to the tables are scattered: what does not fit in the cache is
+// paid for on every access, and the threads share the last-level cache.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -96,20 +100,23 @@ struct PassArgs {
   const uint8_t* bits;  // [n]: lane c's mask holds point p when bit c of bits[p] is set (bool masks)
   const float* U;       // [n][8]: the unary's log-odds (float masks; else null)
   float u_on, u_off;
+  vi8 first;  // lanes whose mask starts here (-1): delta = u; their rows of the sliced tables are stale
   const float* cg;  // tables sliced (this pass's messages)
   const float* cb;
   float* ng;  // tables splatted into (zero)
   float* nb;
-  float* out;  // last pass: delta, [n][8]
-  bool first, last;
+  uint8_t* map;  // or null: map[p] bit c set where lane c's delta > 0 (lanes ending here)
+  float* out;    // or null: delta, [n][8] (logits of lanes ending here)
+  vf8* max;      // each lane's largest delta over the points
   int64_t n;
 };
 
-// One pass over the points: delta = u (+ base and both kernels' messages unless First);
-// Last: delta goes to out; else q = sigmoid(delta) is splatted into the next tables. The
-// pass kind is a template argument and every pointer a local: the tables' rows may alias
-// anything, so fields read through `a` would be read again after every store.
-template <bool First, bool Last, bool Soft>
+// One pass over the points: delta = u, plus base and both kernels' messages (Sliced) in the
+// lanes that do not start here; the MAP bits and/or delta of the lanes that end here; and
+// (Splat) q = sigmoid(delta) splatted into the next tables. The pass kind is a template
+// argument and every pointer a local: the tables' rows may alias anything, so fields read
+// through `a` would be read again after every store.
+template <bool Sliced, bool Splat, bool Soft>
 UNSAM_CRF_INLINE void point_pass_t(const PassArgs& a) {
   const vi8 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
   const int32_t* __restrict goff = a.g->lat.offset.data();
@@ -124,53 +131,65 @@ UNSAM_CRF_INLINE void point_pass_t(const PassArgs& a) {
   const float* cb = a.cb;
   float* ng = a.ng;
   float* nb = a.nb;
+  uint8_t* map = a.map;
   float* out = a.out;
+  const vi8 first = a.first;
   const vf8 von = vf8{} + a.u_on, voff = vf8{} + a.u_off;
+  vf8 mx = vf8{} - 3.0e38f;
   const int64_t n = a.n, PF = kPrefetch;
   for (int64_t p = 0; p < n; ++p) {
     if (p + PF < n) {
       // The bilateral corners a few points ahead: their rows are scattered over the table.
       const int32_t* o = boff + (p + PF) * 6;
       for (int r = 0; r < 6; ++r) {
-        if (!First) __builtin_prefetch(cb + static_cast<int64_t>(o[r]) * kLanes, 0);
-        if (!Last) __builtin_prefetch(nb + static_cast<int64_t>(o[r]) * kLanes, 1);
+        if (Sliced) __builtin_prefetch(cb + static_cast<int64_t>(o[r]) * kLanes, 0);
+        if (Splat) __builtin_prefetch(nb + static_cast<int64_t>(o[r]) * kLanes, 1);
       }
     }
     const int32_t* go = goff + p * 3;
     const float* gwp = gw + p * 3;
     const int32_t* bo = boff + p * 6;
     const float* bwp = bw + p * 6;
-    vf8 acc;
+    vf8 u;
     if (Soft) {
-      acc = *crf_row(U, p);
+      u = *crf_row(U, p);
     } else {
       const vi8 on = ((vi8{} + bits[p]) & lane_bit) != 0;
-      acc = on ? von : voff;
+      u = on ? von : voff;
     }
-    if (!First) {
+    vf8 acc = u;
+    if (Sliced) {
       acc += base[p];
       for (int r = 0; r < 3; ++r) acc += (gwp[r] * gs) * *crf_row(cg, go[r]);
       for (int r = 0; r < 6; ++r) acc += (bwp[r] * bs) * *crf_row(cb, bo[r]);
+      acc = first != 0 ? u : acc;
     }
-    if (Last) {
-      *crf_row(out, p) = acc;
-      continue;
+    mx = acc > mx ? acc : mx;
+    if (map) {
+      const vi8 fg = (acc > 0.0f) & lane_bit;  // a tie: background (argmax's first label)
+      map[p] = static_cast<uint8_t>(fg[0] | fg[1] | fg[2] | fg[3] | fg[4] | fg[5] | fg[6] | fg[7]);
     }
-    const vf8 q = crf_sigmoid(acc);
-    for (int r = 0; r < 3; ++r) *crf_row(ng, go[r]) += gwp[r] * q;
-    for (int r = 0; r < 6; ++r) *crf_row(nb, bo[r]) += bwp[r] * q;
+    if (out) *crf_row(out, p) = acc;
+    if (Splat) {
+      const vf8 q = crf_sigmoid(acc);
+      for (int r = 0; r < 3; ++r) *crf_row(ng, go[r]) += gwp[r] * q;
+      for (int r = 0; r < 6; ++r) *crf_row(nb, bo[r]) += bwp[r] * q;
+    }
   }
+  *a.max = mx;
 }
 
 template <bool Soft>
-UNSAM_CRF_INLINE void point_pass_s(const PassArgs& a) {
-  if (a.first && a.last) return point_pass_t<true, true, Soft>(a);
-  if (a.first) return point_pass_t<true, false, Soft>(a);
-  if (a.last) return point_pass_t<false, true, Soft>(a);
+UNSAM_CRF_INLINE void point_pass_s(const PassArgs& a, bool sliced, bool splat) {
+  if (sliced && splat) return point_pass_t<true, true, Soft>(a);
+  if (sliced) return point_pass_t<true, false, Soft>(a);
+  if (splat) return point_pass_t<false, true, Soft>(a);
   point_pass_t<false, false, Soft>(a);
 }
 
-UNSAM_CRF_INLINE void point_pass(const PassArgs& a) { a.U ? point_pass_s<true>(a) : point_pass_s<false>(a); }
+UNSAM_CRF_INLINE void point_pass(const PassArgs& a, bool sliced, bool splat) {
+  a.U ? point_pass_s<true>(a, sliced, splat) : point_pass_s<false>(a, sliced, splat);
+}
 
 // Blur along one axis: out[v] = t[v] + 0.5 (t[left] + t[right]) (the library's order).
 UNSAM_CRF_INLINE void blur_pass(const int32_t* __restrict nbr, const float* __restrict t, float* __restrict out,
@@ -186,10 +205,12 @@ UNSAM_CRF_INLINE void blur_pass(const int32_t* __restrict nbr, const float* __re
 }
 
 // Compiled for AVX2 and for the baseline ISA; chosen at run time (as dot8.h).
-void crf_points_base(const PassArgs& a) { point_pass(a); }
+void crf_points_base(const PassArgs& a, bool sliced, bool splat) { point_pass(a, sliced, splat); }
 void crf_blur_base(const int32_t* nbr, const float* t, float* out, int64_t m) { blur_pass(nbr, t, out, m); }
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) void crf_points_avx2(const PassArgs& a) { point_pass(a); }
+__attribute__((target("avx2"))) void crf_points_avx2(const PassArgs& a, bool sliced, bool splat) {
+  point_pass(a, sliced, splat);
+}
 __attribute__((target("avx2"))) void crf_blur_avx2(const int32_t* nbr, const float* t, float* out, int64_t m) {
   blur_pass(nbr, t, out, m);
 }
@@ -197,16 +218,18 @@ bool crf_have_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes;
 }
-void crf_points(const PassArgs& a) { crf_have_avx2() ? crf_points_avx2(a) : crf_points_base(a); }
+void crf_points(const PassArgs& a, bool sliced, bool splat) {
+  crf_have_avx2() ? crf_points_avx2(a, sliced, splat) : crf_points_base(a, sliced, splat);
+}
 void crf_blur(const int32_t* nbr, const float* t, float* out, int64_t m) {
   crf_have_avx2() ? crf_blur_avx2(nbr, t, out, m) : crf_blur_base(nbr, t, out, m);
 }
 #else
-void crf_points(const PassArgs& a) { crf_points_base(a); }
+void crf_points(const PassArgs& a, bool sliced, bool splat) { crf_points_base(a, sliced, splat); }
 void crf_blur(const int32_t* nbr, const float* t, float* out, int64_t m) { crf_blur_base(nbr, t, out, m); }
 #endif
 
-// ---------------------------------------------------------------- one group of masks
+// ---------------------------------------------------------------- the masks through the lanes
 
 // A kernel's two value tables, eight lanes per vertex row (row 0: no vertex, always zero):
 // the point pass slices one and splats into the other, which the blur then ping-pongs
@@ -217,11 +240,6 @@ struct Tables {
   explicit Tables(int64_t m) : t{cpu::RowTable((m + 1) * kLanes), cpu::RowTable((m + 1) * kLanes)} {}
   float* current() { return t[cur].data(); }
   float* next() { return t[1 - cur].data(); }
-  void reset() {
-    std::fill(t[0].begin(), t[0].end(), 0.0f);
-    std::fill(t[1].begin(), t[1].end(), 0.0f);
-    cur = 0;
-  }
   // The D + 1 blur passes of next(); leaves the other table zero for the next splat.
   template <int D>
   void blur(const Lattice<D>& lat) {
@@ -235,65 +253,157 @@ struct Tables {
   }
 };
 
-// One thread's buffers, reused by its groups.
-struct Workspace {
-  std::vector<uint8_t> bits;  // [n]
-  cpu::RowTable U;            // [n][8] (float masks only)
-  cpu::RowTable delta;        // [n][8]
-  Tables tg, tb;
-  Workspace(int64_t n, int64_t mg, int64_t mb, bool soft)
-      : bits(n), U(soft ? n * kLanes : 0), delta(n * kLanes), tg(mg), tb(mb) {}
-};
-
 struct Image {
   const CrfKernel<2>* g;
   const CrfKernel<5>* b;
   const std::vector<float>* base;
   int64_t iterations;
+  // Masks whose MAP is proven empty end early (see Bound); not where the proof does not
+  // hold (a negative weight).
+  bool early;
 };
 
-// Mean field on masks k0 .. k0 + kc - 1 (kc <= 8; the other lanes are empty masks), on
-// the calling thread; writes their rows of out.
-void crf_group(const Image& im, Workspace& ws, const at::Tensor& masks, int64_t k0, int64_t kc, at::Tensor& out,
-               bool logits) {
-  const int64_t n = im.g->lat.n;
-  const float u_on = crf_unary_logodds(1.0), u_off = crf_unary_logodds(0.0);
-  const bool soft = masks.scalar_type() == at::kFloat;
-  if (!soft) {
-    const bool* mb = masks.const_data_ptr<bool>() + k0 * n;
-    std::fill(ws.bits.begin(), ws.bits.end(), 0);
-    for (int64_t c = 0; c < kc; ++c)
-      for (int64_t p = 0; p < n; ++p) ws.bits[p] |= static_cast<uint8_t>(mb[c * n + p]) << c;
-  } else {
-    const float* mf = masks.const_data_ptr<float>() + k0 * n;
-    for (int64_t p = 0; p < n; ++p)
-      for (int64_t c = 0; c < kLanes; ++c) {
-        const float m = c < kc ? mf[c * n + p] : 0.0f;
-        ws.U[p * kLanes + c] = m == 0.0f ? u_off : m == 1.0f ? u_on : crf_unary_logodds(m);
+// The early end of a mask that dies. With the weights w_k >= 0 the messages are a
+// positive operator of 2q - 1: if every point's delta is <= l < 0 after an iteration, then
+// 2q - 1 <= -a, a = tanh(-l / 2), at every point, and the next iteration's
+//   delta_p = u_p + sum_k w_k n_p K_k(n_k (2q - 1))_p <= u_p - a sum_k w_k c_k,p = u_p + a base_p.
+// Over the points where u > 0 and those where u <= 0 (a bool mask's inside and outside),
+// u_p + a base_p <= max u + a max base of the part. When both parts' bounds are <= l,
+// delta stays <= l < 0 at every later iteration: the mask's MAP is empty and its
+// remaining iterations can be skipped without changing any output. The bound is loosened
+// by 1e-3 (relative and absolute) for the float roundings of the filtered sums it stands
+// for (their relative error is ~1e-6).
+struct Bound {
+  float u_in = -3.0e38f, base_in = -3.0e38f, u_out = -3.0e38f, base_out = -3.0e38f;
+  void add(float u, float base) {
+    if (u > 0.0f) {
+      u_in = std::max(u_in, u);
+      base_in = std::max(base_in, base);
+    } else {
+      u_out = std::max(u_out, u);
+      base_out = std::max(base_out, base);
+    }
+  }
+  bool dead(float l) const {
+    if (!(l < 0.0f)) return false;
+    const double a = std::tanh(-0.5 * static_cast<double>(l)) * (1.0 - 1e-3);
+    const auto part = [&](float u, float b) { return u < -1e38f || u + a * b + 1e-3 <= l; };
+    return part(u_in, base_in) && part(u_out, base_out);
+  }
+};
+
+// One thread's buffers and lanes: each lane holds one mask from its first mean-field pass
+// to its last (or its early end), then takes the next mask of the call; so a pass always
+// carries as many masks as are left, whichever of them end early.
+struct Worker {
+  const Image& im;
+  const at::Tensor& masks;
+  at::Tensor& out;
+  bool logits, soft;
+  int64_t n;
+  float u_on, u_off;
+  std::vector<uint8_t> bits;  // [n]
+  cpu::RowTable U;            // [n][8] (float masks only)
+  std::vector<uint8_t> map;   // [n] (MAP output)
+  cpu::RowTable delta;        // [n][8] (logits output)
+  Tables tg, tb;
+  int64_t mask[kLanes];  // the lane's mask, -1: none
+  int64_t it[kLanes];    // the lane's next iteration
+  Bound bound[kLanes];
+
+  Worker(const Image& im_, const at::Tensor& masks_, at::Tensor& out_, bool logits_)
+      : im(im_), masks(masks_), out(out_), logits(logits_), soft(masks_.scalar_type() == at::kFloat),
+        n(im_.g->lat.n), u_on(crf_unary_logodds(1.0)), u_off(crf_unary_logodds(0.0)), bits(n),
+        U(soft ? n * kLanes : 0), map(logits ? 0 : n), delta(logits ? n * kLanes : 0), tg(im_.g->lat.m),
+        tb(im_.b->lat.m) {
+    std::fill(mask, mask + kLanes, int64_t{-1});
+  }
+
+  void load(int c, int64_t k) {
+    mask[c] = k;
+    it[c] = 0;
+    const float* base = im.base->data();
+    Bound bd;
+    if (!soft) {
+      const bool* mb = masks.const_data_ptr<bool>() + k * n;
+      const uint8_t keep = static_cast<uint8_t>(~(1u << c));
+      float in = -3.0e38f, outside = -3.0e38f;
+      for (int64_t p = 0; p < n; ++p) {
+        bits[p] = static_cast<uint8_t>((bits[p] & keep) | (static_cast<uint8_t>(mb[p]) << c));
+        if (mb[p])
+          in = std::max(in, base[p]);
+        else
+          outside = std::max(outside, base[p]);
       }
+      if (in > -1e38f) bd.add(u_on, in);
+      if (outside > -1e38f) bd.add(u_off, outside);
+    } else {
+      const float* mf = masks.const_data_ptr<float>() + k * n;
+      for (int64_t p = 0; p < n; ++p) {
+        const float m = mf[p];
+        const float u = m == 0.0f ? u_off : m == 1.0f ? u_on : crf_unary_logodds(m);
+        U[p * kLanes + c] = u;
+        bd.add(u, base[p]);
+      }
+    }
+    bound[c] = bd;
   }
-  ws.tg.reset();
-  ws.tb.reset();
-  for (int64_t it = 0; it <= im.iterations; ++it) {
-    const bool first = it == 0, last = it == im.iterations;
-    PassArgs a{im.g, im.b, im.base->data(), ws.bits.data(), soft ? ws.U.data() : nullptr, u_on, u_off,
-               ws.tg.current(), ws.tb.current(), ws.tg.next(), ws.tb.next(), ws.delta.data(), first, last, n};
-    crf_points(a);
-    if (last) break;
-    ws.tg.blur<2>(im.g->lat);
-    ws.tb.blur<5>(im.b->lat);
+
+  void finish(int c, bool dead) {
+    const int64_t k = mask[c];
+    if (logits) {
+      float* of = out.data_ptr<float>() + k * n;
+      for (int64_t p = 0; p < n; ++p) of[p] = delta[p * kLanes + c];
+    } else {
+      bool* ob = out.data_ptr<bool>() + k * n;
+      if (dead)
+        std::fill(ob, ob + n, false);
+      else
+        for (int64_t p = 0; p < n; ++p) ob[p] = (map[p] >> c) & 1;
+    }
+    mask[c] = -1;
   }
-  // delta = log(Q_fg / Q_bg).
-  float* of = logits ? out.data_ptr<float>() + k0 * n : nullptr;
-  bool* ob = logits ? nullptr : out.data_ptr<bool>() + k0 * n;
-  const float* d = ws.delta.data();
-  for (int64_t c = 0; c < kc; ++c) {
-    if (of)
-      for (int64_t p = 0; p < n; ++p) of[c * n + p] = d[p * kLanes + c];
-    else
-      for (int64_t p = 0; p < n; ++p) ob[c * n + p] = d[p * kLanes + c] > 0.0f;  // a tie: background (argmax)
+
+  // Takes masks from `next` until none is left.
+  void run(std::atomic<int64_t>& next, int64_t K) {
+    for (;;) {
+      bool any = false, sliced = false, ending = false, going_on = false;
+      vi8 first = {};
+      for (int c = 0; c < kLanes; ++c) {
+        if (mask[c] < 0) {
+          const int64_t k = next.fetch_add(1);
+          if (k < K) load(c, k);
+        }
+        if (mask[c] < 0) continue;
+        any = true;
+        if (it[c] == 0)
+          first[c] = -1;
+        else
+          sliced = true;
+        (it[c] == im.iterations ? ending : going_on) = true;
+      }
+      if (!any) return;
+      vf8 mx;
+      PassArgs a{im.g, im.b, im.base->data(), bits.data(), soft ? U.data() : nullptr, u_on, u_off, first,
+                 tg.current(), tb.current(), tg.next(), tb.next(), ending && !logits ? map.data() : nullptr,
+                 ending && logits ? delta.data() : nullptr, &mx, n};
+      crf_points(a, sliced, going_on);
+      for (int c = 0; c < kLanes; ++c) {
+        if (mask[c] < 0) continue;
+        if (it[c] == im.iterations)
+          finish(c, false);
+        else if (im.early && !logits && bound[c].dead(mx[c]))
+          finish(c, true);
+        else
+          ++it[c];
+      }
+      if (going_on) {
+        tg.blur<2>(im.g->lat);
+        tb.blur<5>(im.b->lat);
+      }
+    }
   }
-}
+};
 
 }  // namespace
 
@@ -330,12 +440,16 @@ at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& masks, doubl
       bw);
   std::vector<float> base(n);
   for (int64_t p = 0; p < n; ++p) base[p] = -(gw * g.c[p] + bw * b.c[p]);
-  const Image im{&g, &b, &base, iterations};
-  const int64_t groups = (K + kLanes - 1) / kLanes;
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    Workspace ws(n, g.lat.m, b.lat.m, mk.scalar_type() == at::kFloat);
-    for (int64_t gi = g0; gi < g1; ++gi)
-      crf_group(im, ws, mk, gi * kLanes, std::min(kLanes, K - gi * kLanes), out, logits);
+  const Image im{&g, &b, &base, iterations, gw >= 0.0f && bw >= 0.0f};
+  // One worker per thread, eight lanes each, the masks handed out one at a time; no more
+  // workers than groups of eight masks (a pass costs the same however many lanes it carries).
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (K + kLanes - 1) / kLanes));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      Worker wk(im, mk, out, logits);
+      wk.run(next, K);
+    }
   });
   return out;
 }
