@@ -145,6 +145,32 @@ class TestDenseCRF:
         soft_logits = dense_crf(image, soft, params, return_logits=True).numpy()
         assert np.array_equal(dense_crf(image, soft, params).numpy(), soft_logits > 0)
 
+    def test_threads_sharing_a_pass_give_the_same_bits(self):
+        """A few masks (one worker's lanes) on an image of >= 16384 pixels: the threads share
+        each pass (points, then vertices); the same log-odds, bit for bit, as one thread."""
+        from pathlib import Path
+
+        from PIL import Image
+
+        path = Path(__file__).resolve().parents[1] / "examples" / "images" / "coco_062554.jpg"
+        image = np.asarray(Image.open(path).convert("RGB").resize((170, 130)))
+        grey = image.mean(2)
+        masks = np.stack([grey > 70, grey > 130, np.roll(grey < 90, 7, axis=1)])
+        soft = np.where(masks, 0.8, 0.1).astype(np.float32)
+        threads = torch.get_num_threads()
+        got = {}
+        try:
+            for t in (1, 3):
+                torch.set_num_threads(t)
+                got[t] = [dense_crf(image, m, return_logits=True).numpy() for m in (masks, soft)]
+                got[t].append(dense_crf(image, masks).numpy())
+        finally:
+            torch.set_num_threads(threads)
+        for a, b in zip(got[1], got[3]):
+            assert np.array_equal(a, b)
+        assert np.array_equal(got[3][2], got[3][0] > 0)
+        assert 0.05 < got[3][2].mean() < 0.95
+
     def test_a_mask_snaps_to_its_region(self):
         """Potts attracts: a blocky mask over most of a flat square grows to the square's
         edge and does not leak into the differently coloured background."""

@@ -19,6 +19,10 @@
 // mask whose MAP is proven empty (Bound: most of the small masks MaskCut's step drops,
 // after 1-3 iterations) leaves its lane early. Every operation is per lane: a mask's
 // result depends neither on the thread count nor on the masks beside it or their order.
+// A call with no more masks than one thread's lanes (MaskCut's two or three per image)
+// runs one worker whose passes the threads share: the points' slice and sigmoid split by
+// points (q stored), the splat split by vertices (each thread adds the terms of its own
+// vertices, still in raster order: the same sums), the blur by vertices.
 // The per-thread memory is kept small (two tables per kernel, the masks as bits) because
 // the pass's accesses to the tables are scattered: what does not fit in the cache is
 // paid for on every access, and the threads share the last-level cache.
@@ -28,6 +32,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -107,16 +112,19 @@ struct PassArgs {
   float* nb;
   uint8_t* map;  // or null: map[p] bit c set where lane c's delta > 0 (lanes ending here)
   float* out;    // or null: delta, [n][8] (logits of lanes ending here)
+  float* qbuf;   // or null: q goes here, [n][8], for split_splat instead of into the tables
   vf8* max;      // each lane's largest delta over the points
   int64_t n;
+  int64_t p0, p1;  // the points of this pass (all of them, or a thread's share: split mode)
 };
 
-// One pass over the points: delta = u, plus base and both kernels' messages (Sliced) in the
-// lanes that do not start here; the MAP bits and/or delta of the lanes that end here; and
-// (Splat) q = sigmoid(delta) splatted into the next tables. The pass kind is a template
-// argument and every pointer a local: the tables' rows may alias anything, so fields read
-// through `a` would be read again after every store.
-template <bool Sliced, bool Splat, bool Soft>
+// One pass over the points p0 .. p1 - 1: delta = u, plus base and both kernels' messages
+// (Sliced) in the lanes that do not start here; the MAP bits and/or delta of the lanes that
+// end here; and (Splat) q = sigmoid(delta) splatted into the next tables, or (StoreQ)
+// stored for split_splat. The pass kind is a template argument and every pointer a local:
+// the tables' rows may alias anything, so fields read through `a` would be read again
+// after every store.
+template <bool Sliced, bool Splat, bool StoreQ, bool Soft>
 UNSAM_CRF_INLINE void point_pass_t(const PassArgs& a) {
   const vi8 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
   const int32_t* __restrict goff = a.g->lat.offset.data();
@@ -133,11 +141,12 @@ UNSAM_CRF_INLINE void point_pass_t(const PassArgs& a) {
   float* nb = a.nb;
   uint8_t* map = a.map;
   float* out = a.out;
+  float* qbuf = a.qbuf;
   const vi8 first = a.first;
   const vf8 von = vf8{} + a.u_on, voff = vf8{} + a.u_off;
   vf8 mx = vf8{} - 3.0e38f;
-  const int64_t n = a.n, PF = kPrefetch;
-  for (int64_t p = 0; p < n; ++p) {
+  const int64_t n = a.p1, PF = kPrefetch;
+  for (int64_t p = a.p0; p < n; ++p) {
     if (p + PF < n) {
       // The bilateral corners a few points ahead: their rows are scattered over the table.
       const int32_t* o = boff + (p + PF) * 6;
@@ -170,6 +179,7 @@ UNSAM_CRF_INLINE void point_pass_t(const PassArgs& a) {
       map[p] = static_cast<uint8_t>(fg[0] | fg[1] | fg[2] | fg[3] | fg[4] | fg[5] | fg[6] | fg[7]);
     }
     if (out) *crf_row(out, p) = acc;
+    if (StoreQ) *crf_row(qbuf, p) = crf_sigmoid(acc);
     if (Splat) {
       const vf8 q = crf_sigmoid(acc);
       for (int r = 0; r < 3; ++r) *crf_row(ng, go[r]) += gwp[r] * q;
@@ -179,23 +189,47 @@ UNSAM_CRF_INLINE void point_pass_t(const PassArgs& a) {
   *a.max = mx;
 }
 
+template <bool Sliced, bool Soft>
+UNSAM_CRF_INLINE void point_pass_k(const PassArgs& a, bool splat) {
+  if (!splat) return point_pass_t<Sliced, false, false, Soft>(a);
+  if (a.qbuf) return point_pass_t<Sliced, false, true, Soft>(a);
+  point_pass_t<Sliced, true, false, Soft>(a);
+}
+
 template <bool Soft>
 UNSAM_CRF_INLINE void point_pass_s(const PassArgs& a, bool sliced, bool splat) {
-  if (sliced && splat) return point_pass_t<true, true, Soft>(a);
-  if (sliced) return point_pass_t<true, false, Soft>(a);
-  if (splat) return point_pass_t<false, true, Soft>(a);
-  point_pass_t<false, false, Soft>(a);
+  sliced ? point_pass_k<true, Soft>(a, splat) : point_pass_k<false, Soft>(a, splat);
 }
 
 UNSAM_CRF_INLINE void point_pass(const PassArgs& a, bool sliced, bool splat) {
   a.U ? point_pass_s<true>(a, sliced, splat) : point_pass_s<false>(a, sliced, splat);
 }
 
-// Blur along one axis: out[v] = t[v] + 0.5 (t[left] + t[right]) (the library's order).
-UNSAM_CRF_INLINE void blur_pass(const int32_t* __restrict nbr, const float* __restrict t, float* __restrict out,
-                                int64_t m) {
+// Split mode's splat of one kernel: the stored q of points p0 .. p1 - 1 into the rows
+// vlo .. vhi - 1 of the table (a thread's share of the vertices). Each row gets its
+// points' terms in raster order, as in the fused pass: the same sums, bit for bit.
+template <int D>
+UNSAM_CRF_INLINE void splat_part(const int32_t* __restrict off, const float* __restrict w, const float* __restrict q,
+                                 float* table, int64_t p0, int64_t p1, int32_t vlo, int32_t vhi) {
+  constexpr int D1 = D + 1;
   const int64_t PF = kPrefetch;
-  for (int64_t v = 0; v < m; ++v) {
+  for (int64_t p = p0; p < p1; ++p) {
+    if (p + PF < p1)
+      for (int r = 0; r < D1; ++r) __builtin_prefetch(table + static_cast<int64_t>(off[(p + PF) * D1 + r]) * kLanes, 1);
+    const vf8 qp = *crf_row(q, p);
+    for (int r = 0; r < D1; ++r) {
+      const int32_t v = off[p * D1 + r];
+      if (v >= vlo && v < vhi) *crf_row(table, v) += w[p * D1 + r] * qp;
+    }
+  }
+}
+
+// Blur along one axis, vertices v0 .. v1 - 1: out[v] = t[v] + 0.5 (t[left] + t[right]) (the
+// library's order).
+UNSAM_CRF_INLINE void blur_pass(const int32_t* __restrict nbr, const float* __restrict t, float* __restrict out,
+                                int64_t v0, int64_t m) {
+  const int64_t PF = kPrefetch;
+  for (int64_t v = v0; v < m; ++v) {
     if (v + PF < m) {
       __builtin_prefetch(t + static_cast<int64_t>(nbr[2 * (v + PF)]) * kLanes, 0);
       __builtin_prefetch(t + static_cast<int64_t>(nbr[2 * (v + PF) + 1]) * kLanes, 0);
@@ -205,29 +239,42 @@ UNSAM_CRF_INLINE void blur_pass(const int32_t* __restrict nbr, const float* __re
 }
 
 // Compiled for AVX2 and for the baseline ISA; chosen at run time (as dot8.h).
-void crf_points_base(const PassArgs& a, bool sliced, bool splat) { point_pass(a, sliced, splat); }
-void crf_blur_base(const int32_t* nbr, const float* t, float* out, int64_t m) { blur_pass(nbr, t, out, m); }
+#define UNSAM_CRF_ENTRIES(SUFFIX, ATTR)                                                                          \
+  ATTR void crf_points_##SUFFIX(const PassArgs& a, bool sliced, bool splat) { point_pass(a, sliced, splat); }   \
+  ATTR void crf_blur_##SUFFIX(const int32_t* nbr, const float* t, float* out, int64_t v0, int64_t v1) {           \
+    blur_pass(nbr, t, out, v0, v1);                                                                              \
+  }                                                                                                              \
+  ATTR void crf_splat2_##SUFFIX(const int32_t* off, const float* w, const float* q, float* table, int64_t p0,     \
+                                int64_t p1, int32_t vlo, int32_t vhi) {                                          \
+    splat_part<2>(off, w, q, table, p0, p1, vlo, vhi);                                                           \
+  }                                                                                                              \
+  ATTR void crf_splat5_##SUFFIX(const int32_t* off, const float* w, const float* q, float* table, int64_t p0,     \
+                                int64_t p1, int32_t vlo, int32_t vhi) {                                          \
+    splat_part<5>(off, w, q, table, p0, p1, vlo, vhi);                                                           \
+  }
+UNSAM_CRF_ENTRIES(base, )
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) void crf_points_avx2(const PassArgs& a, bool sliced, bool splat) {
-  point_pass(a, sliced, splat);
-}
-__attribute__((target("avx2"))) void crf_blur_avx2(const int32_t* nbr, const float* t, float* out, int64_t m) {
-  blur_pass(nbr, t, out, m);
-}
+UNSAM_CRF_ENTRIES(avx2, __attribute__((target("avx2"))))
 bool crf_have_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes;
 }
-void crf_points(const PassArgs& a, bool sliced, bool splat) {
-  crf_have_avx2() ? crf_points_avx2(a, sliced, splat) : crf_points_base(a, sliced, splat);
-}
-void crf_blur(const int32_t* nbr, const float* t, float* out, int64_t m) {
-  crf_have_avx2() ? crf_blur_avx2(nbr, t, out, m) : crf_blur_base(nbr, t, out, m);
-}
+#define UNSAM_CRF_PICK(NAME) (crf_have_avx2() ? NAME##_avx2 : NAME##_base)
 #else
-void crf_points(const PassArgs& a, bool sliced, bool splat) { crf_points_base(a, sliced, splat); }
-void crf_blur(const int32_t* nbr, const float* t, float* out, int64_t m) { crf_blur_base(nbr, t, out, m); }
+#define UNSAM_CRF_PICK(NAME) NAME##_base
 #endif
+void crf_points(const PassArgs& a, bool sliced, bool splat) { UNSAM_CRF_PICK(crf_points)(a, sliced, splat); }
+void crf_blur(const int32_t* nbr, const float* t, float* out, int64_t v0, int64_t v1) {
+  UNSAM_CRF_PICK(crf_blur)(nbr, t, out, v0, v1);
+}
+template <int D>
+void crf_splat(const int32_t* off, const float* w, const float* q, float* table, int64_t p0, int64_t p1, int32_t vlo,
+               int32_t vhi) {
+  if constexpr (D == 2)
+    UNSAM_CRF_PICK(crf_splat2)(off, w, q, table, p0, p1, vlo, vhi);
+  else
+    UNSAM_CRF_PICK(crf_splat5)(off, w, q, table, p0, p1, vlo, vhi);
+}
 
 // ---------------------------------------------------------------- the masks through the lanes
 
@@ -240,16 +287,22 @@ struct Tables {
   explicit Tables(int64_t m) : t{cpu::RowTable((m + 1) * kLanes), cpu::RowTable((m + 1) * kLanes)} {}
   float* current() { return t[cur].data(); }
   float* next() { return t[1 - cur].data(); }
-  // The D + 1 blur passes of next(); leaves the other table zero for the next splat.
+  // The D + 1 blur passes of next(); leaves the other table zero for the next splat. Over
+  // the vertices in parallel (split mode; inside a worker, at::parallel_for runs inline).
   template <int D>
   void blur(const Lattice<D>& lat) {
     int a = 1 - cur;
     for (int j = 0; j <= D; ++j) {
-      crf_blur(lat.nbr.data() + static_cast<int64_t>(j) * lat.m * 2, t[a].data(), t[1 - a].data(), lat.m);
+      const int32_t* nbr = lat.nbr.data() + static_cast<int64_t>(j) * lat.m * 2;
+      const float* src = t[a].data();
+      float* dst = t[1 - a].data();
+      at::parallel_for(0, lat.m, 16384, [&](int64_t v0, int64_t v1) { crf_blur(nbr, src, dst, v0, v1); });
       a = 1 - a;
     }
     cur = a;
-    std::fill(t[1 - a].begin(), t[1 - a].end(), 0.0f);
+    float* z = t[1 - a].data();
+    at::parallel_for(0, static_cast<int64_t>(t[1 - a].size()), 1 << 18,
+                     [&](int64_t e0, int64_t e1) { std::fill(z + e0, z + e1, 0.0f); });
   }
 };
 
@@ -292,6 +345,44 @@ struct Bound {
   }
 };
 
+// Split mode: a thread's share of a lattice's vertices (rows v[t] .. v[t + 1] - 1) and the
+// points p0[t] .. p1[t] - 1 that have a corner among them.
+struct Parts {
+  std::vector<int32_t> v;
+  std::vector<int64_t> p0, p1;
+};
+
+template <int D>
+Parts make_parts(const Lattice<D>& lat, int64_t T) {
+  constexpr int D1 = D + 1;
+  Parts P;
+  P.v.resize(T + 1);
+  for (int64_t t = 0; t <= T; ++t) P.v[t] = static_cast<int32_t>(1 + lat.m * t / T);
+  P.p0.assign(T, lat.n);
+  P.p1.assign(T, 0);
+  std::mutex mu;
+  at::parallel_for(0, lat.n, 16384, [&](int64_t q0, int64_t q1) {
+    std::vector<int64_t> lo(T, lat.n), hi(T, 0);
+    for (int64_t p = q0; p < q1; ++p)
+      for (int r = 0; r < D1; ++r) {
+        const int32_t v = lat.offset[p * D1 + r];
+        int64_t t = std::min<int64_t>(T - 1, static_cast<int64_t>(v - 1) * T / std::max<int64_t>(1, lat.m));
+        while (t > 0 && v < P.v[t]) --t;
+        while (t < T - 1 && v >= P.v[t + 1]) ++t;
+        lo[t] = std::min(lo[t], p);
+        hi[t] = std::max(hi[t], p + 1);
+      }
+    std::lock_guard<std::mutex> lock(mu);
+    for (int64_t t = 0; t < T; ++t) {
+      P.p0[t] = std::min(P.p0[t], lo[t]);
+      P.p1[t] = std::max(P.p1[t], hi[t]);
+    }
+  });
+  for (int64_t t = 0; t < T; ++t)
+    if (P.p0[t] >= P.p1[t]) P.p0[t] = P.p1[t] = 0;
+  return P;
+}
+
 // One thread's buffers and lanes: each lane holds one mask from its first mean-field pass
 // to its last (or its early end), then takes the next mask of the call; so a pass always
 // carries as many masks as are left, whichever of them end early.
@@ -307,16 +398,59 @@ struct Worker {
   std::vector<uint8_t> map;   // [n] (MAP output)
   cpu::RowTable delta;        // [n][8] (logits output)
   Tables tg, tb;
+  // Split mode (the call's masks fill one worker's lanes at most: the threads share each
+  // pass instead): the pass stores q, then each thread splats its share of the vertices.
+  int64_t parts;  // threads sharing a pass (1: not split)
+  cpu::RowTable qbuf;
+  Parts gparts, bparts;
   int64_t mask[kLanes];  // the lane's mask, -1: none
   int64_t it[kLanes];    // the lane's next iteration
   Bound bound[kLanes];
 
-  Worker(const Image& im_, const at::Tensor& masks_, at::Tensor& out_, bool logits_)
+  Worker(const Image& im_, const at::Tensor& masks_, at::Tensor& out_, bool logits_, int64_t parts_ = 1)
       : im(im_), masks(masks_), out(out_), logits(logits_), soft(masks_.scalar_type() == at::kFloat),
         n(im_.g->lat.n), u_on(crf_unary_logodds(1.0)), u_off(crf_unary_logodds(0.0)), bits(n),
         U(soft ? n * kLanes : 0), map(logits ? 0 : n), delta(logits ? n * kLanes : 0), tg(im_.g->lat.m),
-        tb(im_.b->lat.m) {
+        tb(im_.b->lat.m), parts(parts_), qbuf(parts_ > 1 ? n * kLanes : 0) {
     std::fill(mask, mask + kLanes, int64_t{-1});
+    if (parts > 1) {
+      gparts = make_parts(im.g->lat, parts);
+      bparts = make_parts(im.b->lat, parts);
+    }
+  }
+
+  // One pass (see point_pass_t); split mode: the points shared by the threads, then the
+  // splat by vertex shares.
+  void pass(PassArgs& a, bool sliced, bool going_on) {
+    if (parts <= 1) {
+      crf_points(a, sliced, going_on);
+      return;
+    }
+    std::vector<vf8> mxs(parts);
+    a.qbuf = going_on ? qbuf.data() : nullptr;
+    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        PassArgs b = a;
+        b.p0 = n * t / parts;
+        b.p1 = n * (t + 1) / parts;
+        b.max = &mxs[t];
+        crf_points(b, sliced, going_on);
+      }
+    });
+    vf8 mx = mxs[0];
+    for (int64_t t = 1; t < parts; ++t) mx = mxs[t] > mx ? mxs[t] : mx;
+    *a.max = mx;
+    if (!going_on) return;
+    const Lattice<2>& gl = im.g->lat;
+    const Lattice<5>& bl = im.b->lat;
+    at::parallel_for(0, parts, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        crf_splat<2>(gl.offset.data(), im.g->splat_w.data(), a.qbuf, a.ng, gparts.p0[t], gparts.p1[t], gparts.v[t],
+                     gparts.v[t + 1]);
+        crf_splat<5>(bl.offset.data(), im.b->splat_w.data(), a.qbuf, a.nb, bparts.p0[t], bparts.p1[t], bparts.v[t],
+                     bparts.v[t + 1]);
+      }
+    });
   }
 
   void load(int c, int64_t k) {
@@ -386,8 +520,8 @@ struct Worker {
       vf8 mx;
       PassArgs a{im.g, im.b, im.base->data(), bits.data(), soft ? U.data() : nullptr, u_on, u_off, first,
                  tg.current(), tb.current(), tg.next(), tb.next(), ending && !logits ? map.data() : nullptr,
-                 ending && logits ? delta.data() : nullptr, &mx, n};
-      crf_points(a, sliced, going_on);
+                 ending && logits ? delta.data() : nullptr, nullptr, &mx, n, 0, n};
+      pass(a, sliced, going_on);
       for (int c = 0; c < kLanes; ++c) {
         if (mask[c] < 0) continue;
         if (it[c] == im.iterations)
@@ -442,9 +576,16 @@ at::Tensor dense_crf_cpu(const at::Tensor& image, const at::Tensor& masks, doubl
   for (int64_t p = 0; p < n; ++p) base[p] = -(gw * g.c[p] + bw * b.c[p]);
   const Image im{&g, &b, &base, iterations, gw >= 0.0f && bw >= 0.0f};
   // One worker per thread, eight lanes each, the masks handed out one at a time; no more
-  // workers than groups of eight masks (a pass costs the same however many lanes it carries).
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (K + kLanes - 1) / kLanes));
+  // workers than groups of eight masks (a pass costs the same however many lanes it
+  // carries). Masks that fill one worker at most: the threads share each of its passes.
+  const int64_t threads = at::get_num_threads();
   std::atomic<int64_t> next{0};
+  if (K <= kLanes && threads > 1 && n >= 16384 && !at::in_parallel_region()) {
+    Worker wk(im, mk, out, logits, threads);
+    wk.run(next, K);
+    return out;
+  }
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, (K + kLanes - 1) / kLanes));
   at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t w = w0; w < w1; ++w) {
       Worker wk(im, mk, out, logits);
