@@ -14,11 +14,16 @@
 namespace unsam::ops {
 namespace {
 
-// Rows per cosine tile: about 4 M floats (16 MB) per tile, so the N x N
-// cosine matrix never exists at once (N = 10000 would be 400 MB). A multiple
-// of 32, so that tiles start on word boundaries.
+// Rows per cosine tile: at most 256, and at most about 4 M floats (16 MB) per
+// tile, so the N x N cosine matrix never exists at once (N = 10000 would be
+// 400 MB). Smaller tiles multiply less of the lower triangle: at N = 3600,
+// C = 768 the upper block triangle of 256-row tiles is 52 % of the full product
+// (1184-row tiles: 66 %), 64 ms against 81 ms on 2 cores (256 to 512 rows were
+// within 3 % of each other; 128 slower). A multiple of 32, so that tiles start
+// on word boundaries.
 int64_t affinity_tile_rows(int64_t n) {
-  const int64_t t = std::max<int64_t>(64, std::min<int64_t>(n, (int64_t{1} << 22) / std::max<int64_t>(n, 1)));
+  const int64_t cap = std::min<int64_t>(256, (int64_t{1} << 22) / std::max<int64_t>(n, 1));
+  const int64_t t = std::max<int64_t>(64, std::min<int64_t>(n, cap));
   return (t + 31) / 32 * 32;
 }
 
