@@ -32,10 +32,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "ops/cpu/crf_passes.h"
